@@ -1,0 +1,143 @@
+"""Ahead-of-time compilation of Triton kernels for GPUs that are not present.
+
+Every kernel module lists the launches it may make as `AotSpec`s (one per autotune config
+and dtype). `compile_spec` compiles one for a target such as sm_86 (RTX 3090) and reads its
+static resources with the `cuobjdump` that ships with Triton: registers, stack (non-zero
+means register spills) and shared memory. This is how CI proves, without a GPU, that the
+code it tests under the interpreter compiles and fits the users' card.
+
+Must run without TRITON_INTERPRET (the interpreter replaces the JIT functions);
+`python -m kernels.aot` runs every spec and prints a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SM86_MAX_SHARED = 99 * 1024  # bytes of shared memory one block may use on an RTX 3090
+
+
+@dataclasses.dataclass(frozen=True)
+class AotSpec:
+    """One launch a kernel may make: the JIT function, argument types and compile options."""
+
+    name: str
+    fn: Any
+    signature: dict[str, str]  # runtime arguments: "*fp16", "*fp32", "i32", "i64", "fp32", ...
+    constexprs: dict[str, Any]
+    num_warps: int = 4
+    num_stages: int = 3
+    hot: bool = True  # a hot kernel must not spill
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    name: str
+    arch: int
+    registers: int
+    stack: int
+    shared: int
+    local: int
+
+    @property
+    def spills(self) -> bool:
+        return self.stack > 0 or self.local > 0
+
+
+def cuobjdump_path() -> Path:
+    import triton
+
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def _ast_source(spec: AotSpec):
+    from triton.compiler import ASTSource
+
+    sig = dict(spec.signature)
+    for name in spec.constexprs:
+        sig.setdefault(name, "constexpr")
+    return ASTSource(fn=spec.fn, signature=sig, constexprs=dict(spec.constexprs))
+
+
+def compile_spec(spec: AotSpec, arch: int) -> Resources:
+    """Compile `spec` for sm_`arch` and return its static resource usage."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("kernels.aot must run without TRITON_INTERPRET=1")
+    kernel = triton.compile(
+        _ast_source(spec),
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        out = subprocess.run(
+            [str(cuobjdump_path()), "--dump-resource-usage", str(cubin)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    def field(key: str) -> int:
+        match = re.search(rf"\b{key}:(\d+)", out)
+        if match is None:
+            raise RuntimeError(f"cuobjdump printed no {key} for {spec.name}:\n{out}")
+        return int(match.group(1))
+
+    shared = max(int(kernel.metadata.shared), field("SHARED"))
+    return Resources(spec.name, arch, field("REG"), field("STACK"), shared, field("LOCAL"))
+
+
+def all_specs() -> list[AotSpec]:
+    """Every launch of every Triton kernel in the package."""
+    import importlib
+
+    specs: list[AotSpec] = []
+    for module in ("kernels.masked_modconv_triton", "kernels.relation_triton"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                continue
+            raise
+        specs.extend(mod.aot_specs())
+    return specs
+
+
+def main() -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Static resources of the Triton kernels (ahead-of-time compile)")
+    for col in ("kernel", "arch", "registers", "stack", "local", "shared (B)", "ok"):
+        table.add_column(col)
+    bad = 0
+    for spec in all_specs():
+        for arch in (86, 90):
+            r = compile_spec(spec, arch)
+            ok = r.shared <= SM86_MAX_SHARED and not (spec.hot and r.spills)
+            bad += not ok
+            table.add_row(
+                spec.name,
+                f"sm_{arch}",
+                str(r.registers),
+                str(r.stack),
+                str(r.local),
+                str(r.shared),
+                "yes" if ok else "NO",
+            )
+    Console().print(table)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,18 @@
+"""Shared test set-up: Triton's interpreter on machines without a GPU, seeded RNGs."""
+
+import os
+
+import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is decorated, so this must run before any
+# kernels module is imported. On a GPU machine the kernels compile for the device instead.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    return
