@@ -40,9 +40,10 @@ def check_modconv_args(x: torch.Tensor, weight: torch.Tensor, style: torch.Tenso
 
 
 def demodulation_coefficients(weight: torch.Tensor, style: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """d[b, o] = rsqrt(sum_{i,k} (W[o,i,k] s[b,i])^2 + eps), in fp32, shape (B, C_out)."""
-    w2 = weight.float().square().sum(dim=(2, 3))  # (C_out, C_in)
-    return torch.rsqrt(style.float().square() @ w2.t() + eps)
+    """d[b, o] = rsqrt(sum_{i,k} (W[o,i,k] s[b,i])^2 + eps), in fp32 (or fp64), shape (B, C_out)."""
+    dtype = torch.promote_types(torch.promote_types(weight.dtype, style.dtype), torch.float32)
+    w2 = weight.to(dtype).square().sum(dim=(2, 3))  # (C_out, C_in)
+    return torch.rsqrt(style.to(dtype).square() @ w2.t() + eps)
 
 
 def masked_modconv2d_reference(
