@@ -1,0 +1,180 @@
+"""Build a ccHarmony-style dataset in the iHarmony4 layout from photos, foreground masks and patch CSVs.
+
+For each foreground `NAME_k` of photo a, `per_foreground` other photos b are drawn; the composite
+`X_k_j.jpg` is photo a with its foreground replaced by T'_b(T_a(foreground)) (paper section 4),
+the real image `X.jpg` is photo a. X is NAME with '_' replaced by '-' so the iHarmony4 naming
+rules (real id = text before the first '_') recover it. `pairs.csv` records which b each used.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.ccharmony import load_matrix, matrices_from_patches, read_patch_csv, transfer
+from pipeline.ihd import COMPOSITE_DIR, MASK_DIR, REAL_DIR, read_list_lines
+from pipeline.images import read_mask, read_rgb, write_jpeg, write_mask
+from pipeline.layout import fingerprint, finish_subset, scratch_subset, write_list
+from pipeline.pairs import DatasetError
+
+PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".JPG", ".JPEG", ".PNG")
+BUILDER_VERSION = 1
+
+
+def _find_photos(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: photo folder does not exist")
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in PHOTO_EXTS}
+
+
+def _foregrounds(mask_dir: Path, photos: dict[str, Path]) -> list[tuple[str, str, Path]]:
+    """(foreground id NAME_k, photo NAME, mask path) for every mask whose photo exists."""
+    if not mask_dir.is_dir():
+        raise DatasetError(f"{mask_dir}: mask folder does not exist")
+    out = []
+    for mask in sorted(mask_dir.glob("*.png")):
+        photo = mask.stem.rsplit("_", 1)[0]
+        if "_" in mask.stem and photo in photos:
+            out.append((mask.stem, photo, mask))
+    if not out:
+        raise DatasetError(f"{mask_dir}: no masks NAME_k.png matching a photo in the photo folder")
+    return out
+
+
+def _colours(patches: Path, released: Path | None) -> tuple[list[Path], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(files read, photo name -> (T, T_reverse)): released .npy files when given, else fits of the CSVs."""
+    folder, suffix = (released, "_reverse.npy") if released is not None else (patches, ".csv")
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: folder does not exist")
+    files = sorted(folder.glob(f"*{suffix}"))
+    if len(files) < 2:
+        raise DatasetError(f"{folder}: need the colours of at least two photos (*{suffix}), found {len(files)}")
+    out = {}
+    for path in files:
+        name = path.name[: -len(suffix)]
+        if released is not None:
+            out[name] = (load_matrix(folder / f"{name}.npy"), load_matrix(path))
+        else:
+            out[name] = matrices_from_patches(read_patch_csv(path))
+    return files, out
+
+
+def _split_of(foreground: str, photo: str, train: set[str] | None, test: set[str] | None) -> str | None:
+    if train is None and test is None:
+        return "test" if zlib.crc32(photo.encode()) % 4 == 0 else "train"  # photo-level 3:1 split
+    if train is not None and foreground in train:
+        return "train"
+    if test is not None and foreground in test:
+        return "test"
+    return None
+
+
+def _fit_mask(mask: np.ndarray, shape: tuple[int, int], path: Path) -> np.ndarray:
+    """The mask at the photo's size: nearest-neighbour resize when only the scale differs."""
+    if mask.shape == shape:
+        return mask > 0.5
+    if abs(mask.shape[0] / mask.shape[1] - shape[0] / shape[1]) > 0.02 * shape[0] / shape[1]:
+        raise DatasetError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, photo is {shape[1]}x{shape[0]}")
+    image = Image.fromarray((mask > 0.5).astype(np.uint8) * 255, "L")
+    return np.asarray(image.resize((shape[1], shape[0]), Image.NEAREST)) > 127
+
+
+def _load_photo(path: Path, max_side: int | None) -> np.ndarray:
+    rgb = read_rgb(path)
+    if max_side and max(rgb.shape[:2]) > max_side:
+        scale = max_side / max(rgb.shape[:2])
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BICUBIC))
+    return rgb
+
+
+def _write_foreground(
+    scratch: Path,
+    real: np.ndarray,
+    photo: str,
+    fg: str,
+    mask_path: Path,
+    mats: dict[str, tuple[np.ndarray, np.ndarray]],
+    targets: list[str],
+) -> list[str]:
+    """Real image (once per photo), mask and one composite per target photo; returns the composite names."""
+    mask = _fit_mask(read_mask(mask_path), real.shape[:2], mask_path)
+    if not mask.any():
+        raise DatasetError(f"{mask_path}: mask is empty")
+    real_id = photo.replace("_", "-")
+    mask_id = f"{real_id}_{fg.rsplit('_', 1)[1]}"
+    if not (scratch / REAL_DIR / f"{real_id}.jpg").exists():
+        write_jpeg(scratch / REAL_DIR / f"{real_id}.jpg", real)
+    write_mask(scratch / MASK_DIR / f"{mask_id}.png", mask)
+    names = []
+    for j, target in enumerate(targets, start=1):
+        composite = real.copy()
+        composite[mask] = transfer(real[mask], mats[photo][0], mats[target][1])
+        names.append(f"{mask_id}_{j}.jpg")
+        write_jpeg(scratch / COMPOSITE_DIR / names[-1], composite)
+    return names
+
+
+def build_cc_dataset(
+    photos: Path,
+    masks: Path,
+    patches: Path,
+    out: Path,
+    *,
+    subset: str = "ccHarmony",
+    per_foreground: int = 10,
+    train_list: Path | None = None,
+    test_list: Path | None = None,
+    matrices: Path | None = None,
+    max_side: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write `out/<subset>/` (iHarmony4 layout + pairs.csv) and return `out`. Deterministic for a seed."""
+    if per_foreground < 1:
+        raise ValueError(f"per_foreground must be >= 1, got {per_foreground}")
+    photos_by_name = _find_photos(Path(photos))
+    fgs = _foregrounds(Path(masks), photos_by_name)
+    colour_files, mats = _colours(Path(patches), Path(matrices) if matrices else None)
+    have_patches = sorted(mats)
+    train = {s for _, s in read_list_lines(Path(train_list))} if train_list else None
+    test = {s for _, s in read_list_lines(Path(test_list))} if test_list else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lists: dict[str, list[str]] = {"train": [], "test": []}
+    records = ["composite,photo,foreground,target_photo,split"]
+    with scratch_subset(out, subset) as scratch:
+        for index, (fg, photo, mask_path) in enumerate(fgs):
+            split = _split_of(fg, photo, train, test)
+            if split is None:
+                continue
+            if photo not in mats:
+                raise DatasetError(f"{colour_files[0].parent}: no colours for photo {photo!r} of mask {mask_path}")
+            rng = np.random.default_rng([seed, index])
+            others = [n for n in have_patches if n != photo]
+            picks = rng.choice(len(others), size=min(per_foreground, len(others)), replace=False)
+            targets = [others[int(i)] for i in sorted(picks)]
+            real = _load_photo(photos_by_name[photo], max_side)
+            names = _write_foreground(scratch, real, photo, fg, mask_path, mats, targets)
+            lists[split] += names
+            records += [f"{n},{photo},{fg},{t},{split}" for n, t in zip(names, targets, strict=True)]
+        if not lists["train"] and not lists["test"]:
+            raise DatasetError(f"{masks}: no foreground belongs to the train or test list")
+        for split, names in lists.items():
+            write_list(scratch, subset, split, names)
+        (scratch / "pairs.csv").write_text("\n".join(records) + "\n", encoding="utf-8")
+        inputs = list(photos_by_name.values()) + [m for _, _, m in fgs] + colour_files
+        inputs += [Path(p) for p in (train_list, test_list) if p]
+        params = {
+            "builder": "ccharmony",
+            "version": BUILDER_VERSION,
+            "seed": seed,
+            "per_foreground": per_foreground,
+            "max_side": max_side,
+            "matrices": "released" if matrices else "fitted",
+            "inputs": fingerprint(inputs),
+        }
+        finish_subset(scratch, out / subset, params)
+    return out

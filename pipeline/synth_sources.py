@@ -1,0 +1,116 @@
+"""Photos for the demo dataset: scikit-image's bundled photographs, or a folder of photos (with masks).
+
+scikit-image ships a few real photographs inside its wheel (no download): astronaut, chelsea, coffee,
+rocket and the Middlebury motorcycle stereo pair. Photos are grouped (the two motorcycle views are
+one group) and whole groups go to train or test, so test pairs come from photos training never saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.images import read_mask, read_rgb
+from pipeline.pairs import DatasetError
+
+PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+TEST_EVERY = 5  # one photo group in five goes to the test split
+
+
+@dataclasses.dataclass(frozen=True)
+class Photo:
+    """A source photo: its tag (used in file names: letters, digits, '-'), group, and lazy loaders."""
+
+    tag: str
+    group: str
+    load: Callable[[], np.ndarray]
+    load_mask: Callable[[], np.ndarray] | None = None
+
+
+def _tag(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-") or "photo"
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    if name.startswith("motorcycle_"):
+        left, right, _ = data.stereo_motorcycle()
+        return np.ascontiguousarray(left if name.endswith("left") else right)
+    return np.ascontiguousarray(getattr(data, name)())
+
+
+SKIMAGE_PHOTOS = {
+    "astronaut": "astronaut",
+    "chelsea": "chelsea",
+    "coffee": "coffee",
+    "rocket": "rocket",
+    "motorcycle_left": "motorcycle",
+    "motorcycle_right": "motorcycle",
+}
+
+
+def skimage_photos() -> list[Photo]:
+    """The colour photographs bundled in scikit-image's wheel (each loads offline)."""
+    return [Photo(_tag(n), g, functools.partial(_skimage_photo, n)) for n, g in SKIMAGE_PHOTOS.items()]
+
+
+def folder_photos(folder: Path) -> list[Photo]:
+    """Photos of `folder`: `images/NAME.jpg` with `masks/NAME.png` (lalonde-efros layout), or loose photos."""
+    folder = Path(folder)
+    image_dir = folder / "images" if (folder / "images").is_dir() else folder
+    if not image_dir.is_dir():
+        raise DatasetError(f"{folder}: source folder does not exist")
+    mask_dir = folder / "masks"
+    photos = []
+    for path in sorted(image_dir.iterdir()):
+        if path.suffix not in PHOTO_EXTS:
+            continue
+        mask_path = mask_dir / f"{path.stem}.png"
+        load_mask = functools.partial(read_mask, mask_path) if mask_path.is_file() else None
+        photos.append(Photo(_tag(path.stem), path.stem, functools.partial(read_rgb, path), load_mask))
+    if not photos:
+        raise DatasetError(f"{image_dir}: no photos ({', '.join(PHOTO_EXTS)}) found")
+    return photos
+
+
+def source_files(folder: Path) -> list[Path]:
+    """Every file a folder source reads (for the build's fingerprint)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in PHOTO_EXTS)
+
+
+def split_photos(photos: list[Photo]) -> dict[str, list[Photo]]:
+    """Whole groups to train or test (one group in TEST_EVERY, by a hash of the group name, at least one).
+
+    With a single group the two splits share it (test pairs still use crops and masks of their own).
+    """
+    groups = sorted({p.group for p in photos})
+    if len(groups) < 2:
+        return {"train": list(photos), "test": list(photos)}
+    test_groups = {g for g in groups if zlib.crc32(g.encode()) % TEST_EVERY == 0}
+    if not test_groups or len(test_groups) == len(groups):
+        test_groups = {groups[len(groups) // 2]}
+    return {
+        "train": [p for p in photos if p.group not in test_groups],
+        "test": [p for p in photos if p.group in test_groups],
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _cached(photo: Photo) -> tuple[np.ndarray, np.ndarray | None]:
+    rgb = photo.load()
+    mask = photo.load_mask() > 0.5 if photo.load_mask is not None else None
+    if mask is not None and mask.shape != rgb.shape[:2]:
+        raise DatasetError(f"source photo {photo.group}: mask size {mask.shape} differs from photo {rgb.shape[:2]}")
+    return rgb, mask
+
+
+def load_photo(photo: Photo) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGB uint8, annotated mask or None), cached: photos are reused for many crops."""
+    return _cached(photo)

@@ -1,0 +1,144 @@
+"""Demo dataset builder: iHarmony4 layout, passes the checker, deterministic, changes only the foreground."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.ccharmony import transfer
+from pipeline.check import check_dataset
+from pipeline.colour import bundled_matrices, histogram_match, illumination_transfer, lab_transfer, tone_change
+from pipeline.ihd import read_pairs, split_name
+from pipeline.images import read_mask, read_rgb
+from pipeline.synth import SUBSET, build_demo_dataset, main
+from pipeline.synth_masks import _DRAW, MASK_SHAPES, MAX_AREA, MIN_AREA, random_mask
+
+N_TRAIN, N_TEST, SIZE = 10, 4, 48
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return build_demo_dataset(tmp_path_factory.mktemp("demo"), n_train=N_TRAIN, n_test=N_TEST, size=SIZE, seed=7)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout_names_and_counts(demo):
+    subset = demo / SUBSET
+    assert {p.name for p in subset.iterdir()} >= {"composite_images", "masks", "real_images", "HSynth_train.txt"}
+    train, test = read_pairs(demo, split="train"), read_pairs(demo, split="test")
+    assert (len(train), len(test)) == (N_TRAIN, N_TEST)
+    assert {p.real for p in train}.isdisjoint({p.real for p in test})
+    for pair in train + test:
+        real_id, mask_id = split_name(pair.name)
+        assert "-" in real_id and pair.real.stem == real_id and pair.mask.stem == mask_id
+        assert min(Image.open(pair.real).size) == SIZE
+    # whole photos go to one split: the default test photo is never cropped for training
+    assert {p.name.split("-")[0] for p in test}.isdisjoint({p.name.split("-")[0] for p in train})
+
+
+def test_passes_the_checker(demo):
+    assert check_dataset(demo) == []
+
+
+def test_composite_differs_from_real_only_inside_the_mask(demo):
+    for pair in read_pairs(demo, split="all"):
+        composite = read_rgb(pair.composite).astype(int)
+        real = read_rgb(pair.real).astype(int)
+        mask = read_mask(pair.mask) > 0.5
+        diff = np.abs(composite - real).max(axis=2)
+        h, w = mask.shape
+        blocks = np.zeros((-(-h // 8) * 8, -(-w // 8) * 8), dtype=bool)
+        blocks[:h, :w] = mask
+        touched = blocks.reshape(blocks.shape[0] // 8, 8, -1, 8).any(axis=(1, 3))
+        touched = np.repeat(np.repeat(touched, 8, axis=0), 8, axis=1)[:h, :w]
+        assert diff[~touched].max() == 0, pair.name  # JPEG blocks away from the mask are bit-identical
+        # JPEG ringing (quality 95) only in the blocks on the mask's edge: ~4.5 levels there, ~0.1 over the
+        # whole background at 256 px (more at this tiny size, where edge blocks are a larger share)
+        assert diff[touched & ~mask].mean() < 8.0, pair.name
+        assert diff[~mask].mean() < 2.0, pair.name
+        fmse = np.mean((composite[mask] - real[mask]) ** 2)
+        assert fmse > 50.0, pair.name
+
+
+def test_deterministic_and_reused(demo, tmp_path):
+    again = build_demo_dataset(tmp_path / "again", n_train=N_TRAIN, n_test=N_TEST, size=SIZE, seed=7)
+    assert _files(again / SUBSET) == _files(demo / SUBSET)
+    manifest = demo / SUBSET / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    assert build_demo_dataset(demo, n_train=N_TRAIN, n_test=N_TEST, size=SIZE, seed=7) == demo
+    assert manifest.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    other = build_demo_dataset(tmp_path / "other", n_train=N_TRAIN, n_test=N_TEST, size=SIZE, seed=8)
+    assert _files(other / SUBSET) != _files(demo / SUBSET)
+
+
+def test_rebuilds_when_arguments_change_or_files_vanish(tmp_path):
+    root = build_demo_dataset(tmp_path, n_train=3, n_test=1, size=32, seed=0)
+    victim = next((root / SUBSET / "composite_images").iterdir())
+    victim.unlink()
+    build_demo_dataset(tmp_path, n_train=3, n_test=1, size=32, seed=0)
+    assert victim.is_file()
+    build_demo_dataset(tmp_path, n_train=4, n_test=1, size=32, seed=0)
+    assert len(read_pairs(root)) == 4
+    assert [p.name for p in tmp_path.iterdir()] == [SUBSET]  # no scratch folders left behind
+
+
+def test_folder_source_with_annotated_masks(tmp_path):
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    (photos / "images").mkdir(parents=True)
+    (photos / "masks").mkdir()
+    for i, array in enumerate((data.chelsea(), data.coffee(), data.rocket())):
+        image = Image.fromarray(array).resize((64, 64))
+        image.save(photos / "images" / f"image_{i}.jpg")
+        mask = np.zeros((64, 64), np.uint8)
+        mask[16:48, 20:40] = 255
+        Image.fromarray(mask).save(photos / "masks" / f"image_{i}.png")
+    assert main(["--out", str(tmp_path / "out"), "--source", str(photos), "--n-train", "4", "--n-test", "2"]) == 0
+    root = tmp_path / "out"
+    assert check_dataset(root) == []
+    rows = (root / SUBSET / "pairs.csv").read_text().splitlines()[1:]
+    assert len(rows) == 6 and all(row.split(",")[3] == "annotated" for row in rows)
+    assert all(p.name.startswith("image-") for p in read_pairs(root, split="all"))  # '_' in photo names replaced
+
+
+def test_colour_changes():
+    rng = np.random.default_rng(0)
+    fg = rng.integers(60, 120, size=(500, 3), dtype=np.uint8)
+    ref = rng.integers(150, 250, size=(400, 3), dtype=np.uint8)
+    moved = lab_transfer(fg, ref, 1.0).astype(float)
+    assert np.abs(moved.mean(0) - ref.mean(0)).max() < 8.0
+    np.testing.assert_array_equal(lab_transfer(fg, ref, 0.0).astype(int), fg.astype(int))  # within rounding
+    matched = histogram_match(fg, ref, 1.0).astype(float)
+    np.testing.assert_allclose(
+        np.percentile(matched, [10, 50, 90], axis=0), np.percentile(ref, [10, 50, 90], axis=0), atol=3
+    )
+    assert np.abs(tone_change(fg, rng).astype(float) - fg).mean() > 0
+    matrices = bundled_matrices()
+    assert len(matrices) == 16 and all(t.shape == r.shape == (3, 11) for t, r in matrices.values())
+    pixels, what = illumination_transfer(fg, np.random.default_rng(1))
+    a, b = what.split("->")
+    np.testing.assert_array_equal(pixels, transfer(fg, matrices[a][0], matrices[b][1]))
+
+
+@pytest.mark.parametrize("shape", MASK_SHAPES)
+def test_procedural_masks(shape):
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        mask = _DRAW[shape](40, 56, rng)
+        assert mask.dtype == bool and mask.shape == (40, 56) and mask.any()
+    mask, name = random_mask(40, 56, rng)
+    assert name in MASK_SHAPES and MIN_AREA <= mask.mean() <= MAX_AREA
+
+
+def test_cli_reports_bad_arguments(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--source", str(tmp_path / "absent")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
