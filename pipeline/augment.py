@@ -1,0 +1,192 @@
+"""Training randomness shared by the DALI and PyTorch loaders: epoch order, shards, crop and flip.
+
+Every random choice is a pure function of (seed, epoch, pair index, attempt), drawn from a numpy
+Generator seeded by a SeedSequence of those numbers, never from a stateful global stream. So both
+backends crop a pair identically, an epoch can be replayed, and a run resumed at (epoch, batch)
+sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.pairs import DatasetError
+
+# Separate streams for the epoch order and the per-pair crop, so neither can alias the other.
+_ORDER_STREAM = 0x0D0E
+_CROP_STREAM = 0xC809
+
+SCALE = (0.5, 1.0)
+RATIO = (3.0 / 4.0, 4.0 / 3.0)
+FLIP_PROB = 0.5
+KEEP_BACKGROUND_PROB = 0.05
+MAX_ATTEMPTS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class CropParams:
+    """A crop window in source pixels (top, left, height, width) and whether to mirror it."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+
+def _rng(*key: int) -> np.random.Generator:
+    if any(k < 0 for k in key):
+        raise ValueError(f"seed, epoch, index and attempt must be non-negative, got {key}")
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+def epoch_order(num_pairs: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of all pair indices used in `epoch` (the same on every rank)."""
+    return _rng(_ORDER_STREAM, seed, epoch).permutation(num_pairs).astype(np.int64)
+
+
+def shard_order(num_pairs: int, *, seed: int, epoch: int, rank: int, world_size: int) -> np.ndarray:
+    """This rank's pair indices for `epoch`: the epoch's permutation dealt round-robin to the ranks.
+
+    Shards are disjoint and equally long; the `num_pairs % world_size` pairs left at the end of
+    the permutation are skipped in that epoch (a different few each epoch). With world_size 1, or
+    when world_size divides num_pairs, the shards cover every pair.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    order = epoch_order(num_pairs, seed=seed, epoch=epoch)
+    per_rank = num_pairs // world_size
+    return order[rank : per_rank * world_size : world_size]
+
+
+def batches_per_epoch(shard_len: int, batch_size: int, drop_last: bool) -> int:
+    """Batches per epoch for a shard of `shard_len` pairs."""
+    return shard_len // batch_size if drop_last else -(-shard_len // batch_size)
+
+
+def epoch_batches(
+    num_pairs: int,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    drop_last: bool,
+    start_batch: int = 0,
+) -> list[np.ndarray]:
+    """The pair indices of each batch of `epoch` on this rank, from batch `start_batch` on."""
+    order = shard_order(num_pairs, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+    n = batches_per_epoch(len(order), batch_size, drop_last)
+    if not 0 <= start_batch <= n:
+        raise ValueError(f"start_batch must be in [0, {n}], got {start_batch}")
+    return [order[b * batch_size : (b + 1) * batch_size] for b in range(start_batch, n)]
+
+
+def random_resized_crop(
+    height: int, width: int, rng: np.random.Generator, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params: (top, left, h, w), with its centre-crop fallback."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        h, w = height, round(height * max(ratio))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def foreground_area(mask: np.ndarray, top: int, left: int, h: int, w: int, crop_size: int) -> float:
+    """Foreground area, in output pixels, of the crop window resized to crop_size x crop_size."""
+    window = mask[top : top + h, left : left + w]
+    return float(window.sum(dtype=np.int64)) / 255.0 * (crop_size * crop_size) / (h * w)
+
+
+def _centre_on_foreground(mask: np.ndarray, top: int, left: int, h: int, w: int) -> tuple[int, int]:
+    """Move an (h, w) window so that it holds a foreground pixel (the median one in raster order)."""
+    fg = np.flatnonzero(mask)
+    if fg.size == 0:
+        return top, left
+    y, x = divmod(int(fg[fg.size // 2]), mask.shape[1])
+    top = min(max(y - h // 2, 0), mask.shape[0] - h)
+    left = min(max(x - w // 2, 0), mask.shape[1] - w)
+    return top, left
+
+
+def sample_crop(
+    mask: np.ndarray,
+    *,
+    crop_size: int,
+    seed: int,
+    epoch: int,
+    index: int,
+    scale: tuple[float, float] = SCALE,
+    ratio: tuple[float, float] = RATIO,
+    flip_prob: float = FLIP_PROB,
+    keep_background_prob: float = KEEP_BACKGROUND_PROB,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> CropParams:
+    """The crop and flip of pair `index` in `epoch`, for the pair's uint8 (H, W) mask.
+
+    Keep-background rule (iSSAM's `check_augmented_sample`): a crop whose resized mask holds at
+    most one pixel of foreground is drawn again unless a `keep_background_prob` draw keeps it.
+    After `max_attempts` rejections the last window is moved onto the foreground, so an epoch
+    never stalls (an empty mask keeps the last window as drawn).
+    """
+    height, width = mask.shape
+    for attempt in range(max_attempts):
+        rng = _rng(_CROP_STREAM, seed, epoch, index, attempt)
+        top, left, h, w = random_resized_crop(height, width, rng, scale, ratio)
+        flip = bool(rng.random() < flip_prob)
+        keep = bool(rng.random() < keep_background_prob)
+        if keep or foreground_area(mask, top, left, h, w, crop_size) > 1.0:
+            return CropParams(top, left, h, w, flip)
+    top, left = _centre_on_foreground(mask, top, left, h, w)
+    return CropParams(top, left, h, w, flip)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask file's channel 0 as a uint8 (H, W) array (iHarmony4: 0 background, 255 foreground)."""
+    try:
+        with Image.open(path) as img:
+            channel = img if img.mode == "L" else img.convert("RGB").getchannel(0)
+            return np.array(channel)  # np.array, not asarray: writable
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read mask ({e})") from None
+
+
+def image_size(path: Path, data: bytes | None = None) -> tuple[int, int]:
+    """(height, width) from an image's header, without decoding it."""
+    try:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
+            width, height = img.size
+    except UnidentifiedImageError:
+        raise DatasetError(f"{path}: not a readable image (unknown format)") from None
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: not a readable image ({e})") from None
+    return height, width
+
+
+def check_same_size(pair_files: tuple[Path, Path, Path], sizes: tuple[tuple[int, int], ...]) -> None:
+    """Raise DatasetError if the composite, mask and real image of a pair differ in size."""
+    if len(set(sizes)) > 1:
+        desc = ", ".join(f"{p} is {w}x{h}" for p, (h, w) in zip(pair_files, sizes, strict=True))
+        raise DatasetError(f"pair sizes differ: {desc}")

@@ -1,0 +1,367 @@
+"""NVIDIA DALI loaders: JPEG decoding on the GPU (`device="mixed"`) with CUDA, on DALI's CPU threads without.
+
+Design. A Python external source feeds each batch: the encoded composite and real JPEG bytes,
+the mask (decoded here with PIL, because the keep-background rule must see its pixels before the
+crop is chosen; only the crop window travels on), and the crop window and flip from
+pipeline.augment. DALI then decodes only the window of each JPEG (fn.decoders.image_slice: ROI
+decoding), resizes it bilinearly without antialiasing (cv2.INTER_LINEAR, as iSSAM), and mirrors,
+normalises and transposes it to CHW in one fn.crop_mirror_normalize. DALI's own readers and
+random operators are not used: the crop depends on the mask and must be a pure function of
+(seed, epoch, pair index) so that both backends agree and a resumed run replays exactly. A
+pipeline is built per epoch() call (~50 ms) over just the batches asked for, so resuming at a
+batch decodes nothing before it.
+
+Decode failures surface as DatasetError naming the file: bytes are read and their headers checked
+in the external source, and a DALI decode error is mapped back to the file by re-decoding the
+in-flight batches with PIL.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.augment import (
+    batches_per_epoch,
+    check_same_size,
+    epoch_batches,
+    image_size,
+    read_mask,
+    sample_crop,
+)
+from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD, DatasetError, Pair
+from pipeline.torch_loader import open_rgb
+
+try:
+    from nvidia.dali import fn, types
+    from nvidia.dali import math as dmath
+    from nvidia.dali.backend import TensorListGPU
+    from nvidia.dali.pipeline import Pipeline
+
+    DALI_IMPORT_ERROR: str | None = None
+except ImportError as _e:  # the trainer falls back to pipeline.torch_loader
+    DALI_IMPORT_ERROR = str(_e)
+
+_MEAN_255 = [255.0 * m for m in IMAGENET_MEAN]
+_STD_255 = [255.0 * s for s in IMAGENET_STD]
+
+
+def require_dali() -> None:
+    """Raise a clear error if DALI cannot be imported."""
+    if DALI_IMPORT_ERROR is not None:
+        raise RuntimeError(
+            f"backend='dali' needs NVIDIA DALI (pip install nvidia-dali-cuda120): {DALI_IMPORT_ERROR}; "
+            "use backend='torch' or 'auto'"
+        )
+
+
+def _read_bytes(path: Path) -> np.ndarray:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read file ({e})") from None
+    if data.size == 0:
+        raise DatasetError(f"{path}: file is empty")
+    return data
+
+
+def _device_id(device: torch.device) -> int | None:
+    """DALI's device_id: the CUDA device for GPU decoding, None for a CPU-only pipeline."""
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _to_torch(tl: object, device: torch.device) -> torch.Tensor:
+    """Copy a dense DALI TensorList into a new torch tensor on `device`."""
+    t = tl.as_tensor()
+    if isinstance(tl, TensorListGPU):
+        dtype = torch.int64 if t.dtype == types.INT64 else torch.float32
+        out = torch.empty(t.shape(), dtype=dtype, device=device)
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    return torch.from_numpy(np.array(t)).to(device, non_blocking=True)
+
+
+class _Feeder:
+    """The external source: one call per batch, in order, StopIteration after the last.
+
+    Per-sample work (file reads, mask PNG decode, crop sampling) runs on a thread pool when there
+    is one: PIL and file reads release the GIL. `pending` holds the batches handed to DALI and
+    not yet returned by it (DALI prefetches), so a decode error can be traced to a file.
+    """
+
+    def __init__(
+        self,
+        batches: Sequence[np.ndarray],
+        sample: Callable[[int], tuple[np.ndarray, ...]],
+        pool: concurrent.futures.Executor | None = None,
+    ) -> None:
+        self._batches = iter(batches)
+        self._sample = sample
+        self._map = pool.map if pool is not None else map
+        self.pending: collections.deque[np.ndarray] = collections.deque()
+
+    def __call__(self) -> list[list[np.ndarray]]:
+        batch = next(self._batches)
+        self.pending.append(batch)
+        samples = list(self._map(self._sample, (int(i) for i in batch)))
+        return [list(col) for col in zip(*samples, strict=True)]
+
+
+def _thread_pool(num_workers: int) -> concurrent.futures.ThreadPoolExecutor | None:
+    return concurrent.futures.ThreadPoolExecutor(num_workers, "dali-feeder") if num_workers > 1 else None
+
+
+class _PairFiles:
+    """Reads a pair for the external source: JPEG bytes, decoded mask, sizes checked once per pair."""
+
+    def __init__(self, pairs: Sequence[Pair]) -> None:
+        self.pairs = list(pairs)
+        self._checked: set[int] = set()
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pair = self.pairs[index]
+        comp, real, mask = _read_bytes(pair.composite), _read_bytes(pair.real), read_mask(pair.mask)
+        if index not in self._checked:
+            sizes = (image_size(pair.composite, comp.tobytes()), mask.shape, image_size(pair.real, real.tobytes()))
+            check_same_size((pair.composite, pair.mask, pair.real), sizes)
+            self._checked.add(index)
+        return comp, real, mask
+
+
+def _run(pipe: Pipeline, feeder: _Feeder, pairs: Sequence[Pair]) -> tuple:
+    try:
+        outs = pipe.run()
+    except RuntimeError as e:
+        culprit = _find_undecodable(pairs, feeder.pending)
+        if culprit is not None:
+            raise culprit from None
+        if "decod" in str(e).lower() or "nvimagecodec" in str(e).lower():
+            files = [str(f) for b in feeder.pending for i in b for f in (pairs[i].composite, pairs[i].real)]
+            raise DatasetError(f"DALI could not decode one of: {', '.join(files)}") from e
+        raise
+    feeder.pending.popleft()
+    return outs
+
+
+def _find_undecodable(pairs: Sequence[Pair], batches: Sequence[np.ndarray]) -> DatasetError | None:
+    """Re-decode the in-flight files with PIL; the first failure names the file DALI choked on."""
+    for batch in batches:
+        for i in batch:
+            for path in (pairs[i].composite, pairs[i].real):
+                try:
+                    open_rgb(path)
+                except DatasetError as e:
+                    return e
+    return None
+
+
+def _serve(
+    build: Callable[[_Feeder], Pipeline],
+    batches: Sequence[np.ndarray],
+    sample: Callable[[int], tuple[np.ndarray, ...]],
+    num_workers: int,
+    pairs: Sequence[Pair],
+    convert: Callable[[tuple], dict[str, torch.Tensor]],
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Build a pipeline over `batches` and yield them converted; DALI's threads stop at the end."""
+    pool = _thread_pool(num_workers)
+    pipe = None
+    try:
+        feeder = _Feeder(batches, sample, pool)
+        pipe = build(feeder)
+        for _ in batches:
+            yield convert(_run(pipe, feeder, pairs))
+    finally:
+        # Stop DALI's threads now: a Pipeline sits in reference cycles, so dropping it waits for the
+        # garbage collector, and a DataLoader that forks meanwhile can deadlock on their locks.
+        if pipe is not None:
+            getattr(pipe, "_shutdown", lambda: None)()
+        del pipe
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _pipeline(batch_size: int, num_workers: int, device: torch.device) -> Pipeline:
+    return Pipeline(
+        batch_size=batch_size,
+        num_threads=max(1, num_workers),
+        device_id=_device_id(device),
+        prefetch_queue_depth=2,
+    )
+
+
+def _decoder(device: torch.device, sliced: bool) -> Callable:
+    op = fn.decoders.image_slice if sliced else fn.decoders.image
+    kwargs = {"normalized_anchor": False, "normalized_shape": False} if sliced else {}
+    # Fancy upsampling and raw pixel orientation: the same pixels as PIL, aligned with the mask.
+    return functools.partial(
+        op,
+        device="mixed" if device.type == "cuda" else "cpu",
+        output_type=types.RGB,
+        jpeg_fancy_upsampling=True,
+        adjust_orientation=False,
+        **kwargs,
+    )
+
+
+def _chw(x: object, mirror: object = None, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> object:
+    return fn.crop_mirror_normalize(
+        x,
+        mirror=0 if mirror is None else mirror,
+        mean=list(mean),
+        std=list(std),
+        dtype=types.FLOAT,
+        output_layout="CHW",
+    )
+
+
+class DaliTrainLoader:
+    """Training batches from a DALI pipeline; see loaders.make_train_loader."""
+
+    backend = "dali"
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        *,
+        batch_size: int,
+        crop_size: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        device: torch.device,
+        drop_last: bool,
+    ) -> None:
+        require_dali()
+        self.pairs = list(pairs)
+        self._files = _PairFiles(self.pairs)
+        self.batch_size, self.crop_size, self.seed = batch_size, crop_size, seed
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.device, self.drop_last = device, drop_last
+
+    def __len__(self) -> int:
+        return batches_per_epoch(len(self.pairs) // self.world_size, self.batch_size, self.drop_last)
+
+    def _sample(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
+        comp, real, mask = self._files(index)
+        p = sample_crop(mask, crop_size=self.crop_size, seed=self.seed, epoch=epoch, index=index)
+        window = np.ascontiguousarray(mask[p.top : p.top + p.height, p.left : p.left + p.width, None])
+        return (
+            comp,
+            real,
+            window,
+            np.array([p.left, p.top], dtype=np.int32),
+            np.array([p.width, p.height], dtype=np.int32),
+            np.array(int(p.flip), dtype=np.int32),
+            np.array(index, dtype=np.int64),
+        )
+
+    def _build(self, feeder: _Feeder) -> Pipeline:
+        pipe = _pipeline(self.batch_size, self.num_workers, self.device)
+        decode = _decoder(self.device, sliced=True)
+        with pipe:
+            comp, real, mask, anchor, shape, flip, index = fn.external_source(
+                source=feeder, num_outputs=7, batch=True, layout=["", "", "HWC", "", "", "", ""]
+            )
+            # Bilinear without antialiasing: cv2.INTER_LINEAR, as iSSAM's RandomResizedCrop.
+            resize = functools.partial(fn.resize, size=[self.crop_size, self.crop_size], antialias=False)
+            comp, real = (resize(decode(x, anchor, shape)) for x in (comp, real))
+            if self.device.type == "cuda":
+                mask = mask.gpu()
+            mask = dmath.clamp(resize(mask, dtype=types.FLOAT), 0.0, 255.0)  # filter round-off
+            pipe.set_outputs(
+                _chw(comp, flip, _MEAN_255, _STD_255),
+                _chw(real, flip, _MEAN_255, _STD_255),
+                _chw(mask, flip, std=(255.0,)),
+                index,
+            )
+        pipe.build()
+        return pipe
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches of `epoch` on this rank from `start_batch` on; skipped batches are not decoded."""
+        batches = epoch_batches(
+            len(self.pairs),
+            batch_size=self.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            drop_last=self.drop_last,
+            start_batch=start_batch,
+        )
+        if not batches:
+            return
+        yield from _serve(
+            self._build, batches, functools.partial(self._sample, epoch), self.num_workers, self.pairs, self._convert
+        )
+
+    def _convert(self, outs: tuple) -> dict[str, torch.Tensor]:
+        keys = ("composite", "real", "mask", "index")
+        return {k: _to_torch(o, self.device) for k, o in zip(keys, outs, strict=True)}
+
+
+class DaliEvalLoader:
+    """Evaluation batches ("Fixed256") from a DALI pipeline; see loaders.make_eval_loader."""
+
+    backend = "dali"
+
+    def __init__(
+        self, pairs: Sequence[Pair], *, batch_size: int, size: int, device: torch.device, num_workers: int
+    ) -> None:
+        require_dali()
+        self.pairs = list(pairs)
+        self._files = _PairFiles(self.pairs)
+        self.batch_size, self.size, self.device, self.num_workers = batch_size, size, device, num_workers
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.pairs) / self.batch_size)
+
+    def _sample(self, index: int) -> tuple[np.ndarray, ...]:
+        comp, real, mask = self._files(index)
+        return comp, real, mask[:, :, None], np.array(index, dtype=np.int64)
+
+    def _build(self, feeder: _Feeder) -> Pipeline:
+        # Bilinear without antialiasing, as iSSAM's cv2.INTER_LINEAR "Fixed256" resize.
+        resize = functools.partial(fn.resize, size=[self.size, self.size], antialias=False)
+        pipe = _pipeline(self.batch_size, self.num_workers, self.device)
+        decode = _decoder(self.device, sliced=False)
+        with pipe:
+            comp, real, mask, index = fn.external_source(
+                source=feeder, num_outputs=4, batch=True, layout=["", "", "HWC", ""]
+            )
+            comp, real = (resize(decode(x)) for x in (comp, real))
+            if self.device.type == "cuda":
+                mask = mask.gpu()
+            pipe.set_outputs(
+                _chw(comp, None, _MEAN_255, _STD_255),
+                _chw(dmath.clamp(resize(mask, dtype=types.FLOAT), 0.0, 255.0), None, std=(255.0,)),
+                _chw(comp),
+                _chw(real),
+                index,
+            )
+        pipe.build()
+        return pipe
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        n, b = len(self.pairs), self.batch_size
+        batches = [np.arange(s, min(s + b, n), dtype=np.int64) for s in range(0, n, b)]
+        if not batches:
+            return
+        yield from _serve(self._build, batches, self._sample, self.num_workers, self.pairs, self._convert)
+
+    def _convert(self, outs: tuple) -> dict[str, torch.Tensor]:
+        keys = ("composite", "mask", "composite_255", "real_255", "index")
+        return {k: _to_torch(o, self.device) for k, o in zip(keys, outs, strict=True)}
