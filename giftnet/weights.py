@@ -51,19 +51,26 @@ def read_model_config(path: str | Path) -> ModelConfig:
         raise WeightsError(f"{path}: invalid model_config metadata ({exc})") from exc
 
 
-def load_state_checked(path: str | Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Read tensors from `path`, refusing any mismatch with `expected` (names, shapes, float dtypes)."""
+def load_state_checked(
+    path: str | Path, expected: dict[str, torch.Tensor], prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """Read the tensors named `prefix + key` from `path`, refusing any mismatch with `expected`.
+
+    Among the file's tensors whose names start with `prefix`, the names must be exactly
+    expected's keys (prefixed), with the same shapes and kinds of dtype (floats may differ in
+    precision and are cast). Returns them under expected's keys.
+    """
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = set(f.keys())
+            keys = {k[len(prefix) :] for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 (not a dict)
             missing = sorted(set(expected) - keys)
             extra = sorted(keys - set(expected))
             if missing or extra:
                 raise WeightsError(f"{path}: tensors do not match the model: missing {missing[:5]}, extra {extra[:5]}")
             state = {}
             for name, ref in expected.items():
-                t = f.get_tensor(name)
+                t = f.get_tensor(prefix + name)
                 if tuple(t.shape) != tuple(ref.shape):
                     raise WeightsError(f"{path}: {name} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}")
                 if t.is_floating_point() != ref.is_floating_point() or (

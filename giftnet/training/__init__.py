@@ -1,0 +1,1 @@
+"""The trainer: configuration, distributed set-up, precision, checkpoints, monitoring, the loop."""
