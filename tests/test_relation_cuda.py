@@ -1,0 +1,134 @@
+"""The relation kernels compiled for a real GPU: autotuned launches, every tile config, bf16,
+and the E1-E4 sizes of a 256x256 batch of 16, against the PyTorch references.
+
+Skipped without CUDA. (tests/test_relation_triton.py also runs its cases here on a GPU.)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+from kernels.relation import relation_distill_loss_reference, relation_map_reference
+from kernels.relation_triton import CONFIGS, forced_launch, relation_distill_loss_triton, relation_map_triton
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+GAMMA = 0.01
+# (dtype, atol relative to the reference's largest magnitude, rtol): inputs are the same for
+# both sides and both compute in fp32; the tolerance covers the gradient's rounding to dtype.
+TOLS = [
+    pytest.param(torch.float32, 1e-5, 1e-4, id="fp32"),
+    pytest.param(torch.float16, 2e-3, 2e-3, id="fp16"),
+    pytest.param(torch.bfloat16, 1e-2, 1.6e-2, id="bf16"),
+]
+LOW = [p for p in TOLS if p.id != "fp32"]
+
+
+def _mask(kind: str, b: int, h: int, w: int) -> torch.Tensor:
+    if kind == "mixed":
+        kinds = ("empty", "single", "soft", "full", "binary")
+        return torch.cat([_mask(kinds[i % len(kinds)], 1, h, w) for i in range(b)])
+    m = {
+        "empty": lambda: torch.zeros(b, 1, h, w),
+        "full": lambda: torch.ones(b, 1, h, w),
+        "binary": lambda: (torch.rand(b, 1, h, w) > 0.6).float(),
+        "soft": lambda: torch.rand(b, 1, h, w),
+    }.get(kind)
+    if m is not None:
+        return m().cuda()
+    single = torch.zeros(b, 1, h * w)
+    single[:, :, (h * w) // 2] = 1.0
+    return single.reshape(b, 1, h, w).cuda()
+
+
+def _feat(b: int, c: int, h: int, w: int, layout: str, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.randn(b, c, h, w, device="cuda").to(dtype)
+    if layout == "cl":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    return x.requires_grad_(True)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> None:
+    scale = expected.detach().float().abs().max().item()
+    floor = 2.0**-23 if expected.dtype == torch.float16 else 0.0
+    torch.testing.assert_close(actual.detach().float(), expected.detach().float(), atol=atol * scale + floor, rtol=rtol)
+
+
+def _check(feat: torch.Tensor, mask: torch.Tensor, atol: float, rtol: float) -> None:
+    """Map (rows sum to 1, shared upstream gradient) and loss (upstream 3.7) with gradients."""
+    out = relation_map_triton(feat, mask, gamma=GAMMA)
+    ref = relation_map_reference(feat, mask, gamma=GAMMA)
+    _close(out, ref, atol, rtol)
+    torch.testing.assert_close(out.detach().sum(dim=1), torch.ones(out.shape[0], device="cuda"))
+    upstream = torch.randn_like(ref)
+    _close(torch.autograd.grad(out, feat, upstream)[0], torch.autograd.grad(ref, feat, upstream)[0], atol, rtol)
+
+    teacher = torch.randn(feat.shape, device="cuda").to(feat.dtype)
+    loss = relation_distill_loss_triton(feat, teacher, mask, gamma=GAMMA)
+    ref = relation_distill_loss_reference(feat, teacher, mask, gamma=GAMMA)
+    _close(loss, ref, atol, rtol)
+    grad = torch.autograd.grad(loss * 3.7, feat)[0]
+    assert grad.dtype == feat.dtype
+    _close(grad, torch.autograd.grad(ref * 3.7, feat)[0], atol, rtol)
+
+
+SHAPES = [
+    pytest.param(1, 3, 1, 1, "full", "nchw", id="b1-c3-1x1"),
+    pytest.param(3, 32, 7, 13, "binary", "nchw", id="b3-c32-7x13"),
+    pytest.param(3, 3, 7, 13, "empty", "cl", id="b3-c3-7x13-empty-cl"),
+    pytest.param(1, 17, 7, 13, "full", "strided", id="b1-c17-7x13-strided"),
+    pytest.param(3, 256, 7, 13, "single", "nchw", id="b3-c256-7x13-single"),
+    pytest.param(3, 48, 13, 7, "mixed", "cl", id="b3-c48-13x7-mixed-cl"),
+    pytest.param(1, 32, 64, 64, "soft", "nchw", id="b1-c32-64x64-soft"),
+    pytest.param(3, 256, 64, 64, "mixed", "cl", id="b3-c256-64x64-mixed-cl"),
+]
+
+
+@pytest.mark.parametrize(("b", "c", "h", "w", "mask_kind", "layout"), SHAPES)
+@pytest.mark.parametrize(("dtype", "atol", "rtol"), TOLS)
+def test_autotuned_matches_reference(b, c, h, w, mask_kind, layout, dtype, atol, rtol):
+    _check(_feat(b, c, h, w, layout, dtype), _mask(mask_kind, b, h, w), atol, rtol)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "c{BLOCK_C}-n{BLOCK_N}".format(**c.kwargs))
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize(("dtype", "atol", "rtol"), LOW)
+def test_every_config(config, layout, dtype, atol, rtol):
+    with forced_launch(config):
+        _check(_feat(3, 96, 32, 32, layout, dtype), _mask("mixed", 3, 32, 32), atol, rtol)
+
+
+@pytest.mark.parametrize(("c", "size"), [(32, 256), (64, 128), (128, 64), (256, 32)], ids=["E1", "E2", "E3", "E4"])
+@pytest.mark.parametrize(("dtype", "atol", "rtol"), LOW)
+def test_training_sizes(c, size, dtype, atol, rtol):
+    """Batch 16 at the encoder levels of a 256x256 input, as in training."""
+    _check(_feat(16, c, size, size, "nchw", dtype), _mask("binary", 16, size, size), atol, rtol)
+
+
+def test_deterministic_and_dispatched():
+    """Two runs at E1 are bitwise equal, and impl='auto' takes this kernel on CUDA."""
+    student = _feat(16, 32, 256, 256, "nchw", torch.float16)
+    teacher = torch.randn_like(student).detach()
+    mask = _mask("soft", 16, 256, 256)
+    runs = []
+    for _ in range(2):
+        loss = relation_distill_loss_triton(student, teacher, mask, gamma=GAMMA)
+        runs.append((loss.detach(), torch.autograd.grad(loss, student)[0]))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    auto = kernels.relation_distill_loss(student, teacher, mask, gamma=GAMMA, impl="auto")
+    assert torch.equal(auto.detach(), runs[0][0])
+
+
+def test_large_magnitudes_stay_finite():
+    mask = _mask("binary", 3, 64, 64)
+    feat = (torch.randn(3, 32, 64, 64, device="cuda") * 100).requires_grad_(True)
+    out = relation_map_triton(feat, mask, gamma=GAMMA)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.detach().sum(dim=1), torch.ones(3, device="cuda"))
+    loss = relation_distill_loss_triton(feat, torch.randn_like(feat) * 100, mask, gamma=GAMMA)
+    (grad,) = torch.autograd.grad(loss, feat)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
