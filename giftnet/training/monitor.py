@@ -36,6 +36,7 @@ class Monitor:
             )
             self.task = self.progress.add_task(stage, total=total_steps, completed=start_step, info="")
             self.progress.start()
+        self.tensorboard = tensorboard_writer(run) if enabled else None
 
     def count(self, images: int) -> None:
         self._images += images
@@ -52,6 +53,10 @@ class Monitor:
             record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         with self.stats_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self.tensorboard.add_scalar(f"{self.stage}/{key}", value, step)
         shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k in ("total", "har", "dis", "skipped"))
         mem = f"  mem {record['gpu_mem_gb']:.1f}G" if "gpu_mem_gb" in record else ""
         self.progress.update(self.task, completed=step, info=f"ep {epoch} lr {lr:.0e} {shown} {rate:.1f} img/s{mem}")
@@ -68,6 +73,18 @@ class Monitor:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+
+def tensorboard_writer(run: Path):
+    """A TensorBoard writer into RUN/tensorboard when the tensorboard package is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run / "tensorboard"))
 
 
 def truncate_stats(path: Path, stage: str, after_step: int) -> None:
