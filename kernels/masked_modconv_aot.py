@@ -1,0 +1,119 @@
+"""Ahead-of-time compile specs of the masked modulated convolution's kernels.
+
+One `AotSpec` per kernel x autotune config x dtype x layout. The layout matters because
+Triton specializes integer arguments equal to 1 at launch: unit strides become constexprs, so
+NCHW tensors (unit W stride) and channels_last tensors (unit C stride) compile to different
+code. The specs mirror that by fixing those strides to 1. `compile_specialized` also marks
+the other arguments 16-divisible, as the launcher does at the GiftNet sites.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from kernels import masked_modconv_bwd as bwd
+from kernels import masked_modconv_fwd as fwd
+from kernels.aot import AotSpec, Resources, cuobjdump_path
+
+DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _fwd_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
+    t = DTYPES[dtype]
+    ptr = f"*{t}"
+    sig = {"inp_ptr": ptr, "w_ptr": ptr, "scale_in_ptr": "*fp32", "scale_out_ptr": "*fp32"}
+    sig |= {"mask_ptr": ptr, "res_ptr": ptr, "out_ptr": ptr, "C": "i32", "H": "i32", "W": "i32"}
+    unit = "w" if layout == "nchw" else "c"
+    strides = {}
+    for tensor in ("i", "r", "o"):
+        for dim in "bchw":
+            strides[f"stride_{tensor}{dim}"] = 1 if dim == unit else "i32"
+    strides |= {"stride_mb": "i32", "stride_mh": "i32", "stride_mw": 1}
+    sig |= {k: v for k, v in strides.items() if v != 1}
+    unit_strides = {k: 1 for k, v in strides.items() if v == 1}
+    return [
+        AotSpec(
+            name=f"conv3x3_scale_blend[{t},{layout},P{p},O{o},I{i},w{w},s{s}]",
+            fn=fwd.conv3x3_scale_blend_kernel,
+            signature=dict(sig),
+            constexprs={**unit_strides, "BLOCK_P": p, "BLOCK_O": o, "BLOCK_I": i},
+            num_warps=w,
+            num_stages=s,
+        )
+        for p, o, i, w, s in fwd.CONFIGS
+    ]
+
+
+def _corr_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
+    t = DTYPES[dtype]
+    ptr = f"*{t}"
+    sig = {"dy_ptr": ptr, "x_ptr": ptr, "mask_ptr": ptr, "part_ptr": "*fp32"}
+    sig |= {"B": "i32", "C": "i32", "H": "i32", "W": "i32", "chunk_pixels": "i32"}
+    unit = "w" if layout == "nchw" else "c"
+    strides = {}
+    for tensor in ("d", "x"):
+        for dim in "bchw":
+            strides[f"stride_{tensor}{dim}"] = 1 if dim == unit else "i32"
+    strides |= {"stride_mb": "i32", "stride_mh": "i32", "stride_mw": 1}
+    sig |= {k: v for k, v in strides.items() if v != 1}
+    unit_strides = {k: 1 for k, v in strides.items() if v == 1}
+    return [
+        AotSpec(
+            name=f"tap_correlation[{t},{layout},O{o},I{i},P{p},w{w},s{s}]",
+            fn=bwd.tap_correlation_kernel,
+            signature=dict(sig),
+            constexprs={**unit_strides, "BLOCK_O": o, "BLOCK_I": i, "BLOCK_P": p},
+            num_warps=w,
+            num_stages=s,
+        )
+        for o, i, p, w, s in bwd.CONFIGS
+    ]
+
+
+def modconv_aot_specs(layouts: tuple[str, ...] = ("nchw", "channels_last")) -> list[AotSpec]:
+    """Both kernels, every autotune config, fp32/fp16/bf16, in each layout."""
+    specs: list[AotSpec] = []
+    for dtype in DTYPES:
+        for layout in layouts:
+            specs += _fwd_specs(dtype, layout) + _corr_specs(dtype, layout)
+    return specs
+
+
+def compile_specialized(spec: AotSpec, arch: int) -> Resources:
+    """Like `kernels.aot.compile_spec`, with every runtime argument marked divisible by 16.
+
+    At the GiftNet sites (C in {32, ..., 256}, H = W in {32, ..., 256}) Triton's launcher
+    specializes every pointer and integer argument as 16-divisible, which turns on vectorized,
+    asynchronously pipelined loads: more shared memory and different register use than the
+    generic compile, so the resources of that variant are checked too.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("compile_specialized must run without TRITON_INTERPRET=1")
+    sig = dict(spec.signature)
+    attrs = {(spec.fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in sig}
+    for name in spec.constexprs:
+        sig.setdefault(name, "constexpr")
+    kernel = triton.compile(
+        ASTSource(fn=spec.fn, signature=sig, constexprs=dict(spec.constexprs), attrs=attrs),
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        out = subprocess.run(
+            [str(cuobjdump_path()), "--dump-resource-usage", str(cubin)], check=True, capture_output=True, text=True
+        ).stdout
+    fields = {key: int(v) for key, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
+    shared = max(int(kernel.metadata.shared), fields["SHARED"])
+    return Resources(spec.name + "[div16]", arch, fields["REG"], fields["STACK"], shared, fields["LOCAL"])

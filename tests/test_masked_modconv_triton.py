@@ -1,0 +1,213 @@
+"""Triton masked modulated convolution vs the PyTorch reference, under the interpreter on CPU.
+
+Every case checks the forward output and the gradients for x, weight and style, all driven by
+one shared upstream gradient. The cases are a chosen cover, not a cartesian product (the
+interpreter is slow): each of batch {1, 3}, channels {3, 17, 48, 64}, sizes {7x13, 17x9,
+32x32}, masks {empty, full, soft, hard}, demodulation on/off and NCHW/channels_last appears
+in fp32 and fp16. Small kernel tiles (several output-channel tiles, several pixel chunks) are
+covered by driving the launchers directly with explicit configs. The helpers here are shared
+with tests/test_masked_modconv_cuda.py.
+
+Tolerances: `atol` is relative to the largest magnitude of the expected tensor (gradients of
+the weight sum over every pixel and are larger than the output), `rtol` is plain.
+fp32: the reference in fp32, (2e-5, 1e-4). fp16: the fp32 reference of the fp16-cast inputs,
+(2e-3, 1e-2): the kernel rounds x*m*s and its result to fp16, accumulating in fp32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import masked_modconv2d
+from kernels._dispatch import interpreter_enabled
+from kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
+
+TOLERANCES = {
+    torch.float32: (2e-5, 1e-4),
+    torch.float16: (2e-3, 1e-2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    batch: int
+    channels: int
+    height: int
+    width: int
+    mask: str  # "empty", "full", "soft" (uniform in [0, 1]) or "hard" (random 0/1)
+    demodulate: bool
+    channels_last: bool
+
+    def __str__(self) -> str:
+        layout = "cl" if self.channels_last else "nchw"
+        demod = "demod" if self.demodulate else "nodemod"
+        return f"b{self.batch}-c{self.channels}-{self.height}x{self.width}-{self.mask}-{demod}-{layout}"
+
+
+FP32_CASES = (
+    Case(1, 3, 7, 13, "soft", True, False),
+    Case(3, 17, 17, 9, "soft", True, True),
+    Case(3, 48, 7, 13, "hard", False, False),
+    Case(1, 64, 32, 32, "soft", True, True),
+    Case(3, 3, 32, 32, "empty", True, False),
+    Case(1, 17, 7, 13, "full", True, False),
+    Case(3, 64, 17, 9, "full", False, True),
+    Case(1, 48, 32, 32, "soft", False, False),
+    Case(3, 64, 32, 32, "soft", True, True),
+)
+FP16_CASES = (
+    Case(3, 17, 7, 13, "soft", True, False),
+    Case(1, 48, 17, 9, "hard", True, True),
+    Case(1, 64, 32, 32, "soft", True, False),
+    Case(3, 3, 17, 9, "full", False, True),
+    Case(1, 17, 32, 32, "empty", True, True),
+    Case(3, 48, 32, 32, "hard", False, False),
+)
+
+
+def make_inputs(case: Case, dtype: torch.dtype, device: str | torch.device = "cpu"):
+    """x, weight, style, mask and one upstream gradient dy, all in `dtype` (weights near a GIFT init)."""
+    b, c, h, w = case.batch, case.channels, case.height, case.width
+    x = torch.randn(b, c, h, w)
+    weight = torch.randn(c, c, 3, 3) / (3.0 * c**0.5)
+    style = torch.rand(b, c) + 0.5
+    if case.mask == "empty":
+        mask = torch.zeros(b, 1, h, w)
+    elif case.mask == "full":
+        mask = torch.ones(b, 1, h, w)
+    elif case.mask == "soft":
+        mask = torch.rand(b, 1, h, w)
+    else:
+        mask = (torch.rand(b, 1, h, w) > 0.5).float()
+    dy = torch.randn(b, c, h, w)
+    if case.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    return [t.to(device=device, dtype=dtype) for t in (x, weight, style, mask, dy)]
+
+
+def run_both(case: Case, dtype: torch.dtype, ref_dtype: torch.dtype, device="cpu"):
+    """(kernel, reference) lists [y, dx, dweight, dstyle]; the reference runs on the same inputs cast to ref_dtype."""
+    x, weight, style, mask, dy = make_inputs(case, dtype, device)
+    leaves = [t.clone().requires_grad_(True) for t in (x, weight, style)]
+    y = masked_modconv2d(*leaves, mask, demodulate=case.demodulate, impl="triton")
+    y.backward(dy)
+    got = [y.detach()] + [t.grad for t in leaves]
+
+    ref_leaves = [t.detach().to(ref_dtype).requires_grad_(True) for t in (x, weight, style)]
+    y_ref = masked_modconv2d_reference(*ref_leaves, mask.to(ref_dtype), demodulate=case.demodulate)
+    y_ref.backward(dy.to(ref_dtype))
+    want = [y_ref.detach()] + [t.grad for t in ref_leaves]
+    return got, want
+
+
+def assert_matches(got, want, dtype: torch.dtype, atol: float, rtol: float) -> None:
+    for name, g, w in zip(("y", "dx", "dweight", "dstyle"), got, want, strict=True):
+        assert g is not None, f"{name} is missing"
+        assert g.dtype == dtype, f"{name} is {g.dtype}, expected {dtype}"
+        scale = max(1.0, w.abs().max().item())
+        torch.testing.assert_close(g.to(w.dtype), w, atol=atol * scale, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available() or not interpreter_enabled(),
+    reason="interpreter tests run on CPU machines (TRITON_INTERPRET=1); GPUs run test_masked_modconv_cuda.py",
+)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "atol", "rtol", "case"),
+    [(torch.float32, *TOLERANCES[torch.float32], c) for c in FP32_CASES]
+    + [(torch.float16, *TOLERANCES[torch.float16], c) for c in FP16_CASES],
+    ids=[f"fp32-{c}" for c in FP32_CASES] + [f"fp16-{c}" for c in FP16_CASES],
+)
+def test_forward_and_gradients_match_reference(dtype, atol, rtol, case):
+    got, want = run_both(case, dtype, torch.float32)
+    assert_matches(got, want, dtype, atol, rtol)
+    if case.channels_last:
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_small_tiles_cover_several_output_channel_tiles():
+    """Forward and input-gradient launches with 2 output-channel tiles and 3 input-channel steps."""
+    from kernels.masked_modconv_fwd import conv3x3_scale_blend, pack_weight_forward, pack_weight_transposed
+
+    x, weight, style, mask, dy = make_inputs(Case(2, 48, 7, 13, "soft", True, False), torch.float32)
+    d = demodulation_coefficients(weight, style)
+    small = (64, 32, 16, 4, 1)
+    y = conv3x3_scale_blend(x, pack_weight_forward(weight, x.dtype), style, d, mask, x, config=small)
+    torch.testing.assert_close(y, masked_modconv2d_reference(x, weight, style, mask), atol=2e-5, rtol=1e-4)
+
+    # With the mirrored, transposed packing the same kernel is the adjoint: the input gradient.
+    dx = conv3x3_scale_blend(dy, pack_weight_transposed(weight, x.dtype), d, style, mask, dy, config=small)
+    xs = x.clone().requires_grad_(True)
+    masked_modconv2d_reference(xs, weight, style, mask).backward(dy)
+    torch.testing.assert_close(dx, xs.grad, atol=2e-5, rtol=1e-4)
+
+
+def test_tap_correlation_with_several_chunks_and_tiles():
+    """G summed over 3 pixel chunks (the last one partial), 2x2 channel tiles, vs an unfold formula."""
+    from kernels.masked_modconv_bwd import tap_correlation
+
+    b, c, h, w = 1, 17, 17, 33
+    x, _, _, mask, dy = make_inputs(Case(b, c, h, w, "soft", True, True), torch.float32)
+    corr = tap_correlation(dy, x, mask, chunks=3, config=(16, 16, 64, 4, 1))
+    xm = F.unfold(x * mask, 3, padding=1).view(b, c, 9, h * w)  # xm[b, i, k, p] = (x m)[b, i, p + off(k)]
+    want = torch.einsum("bop,bikp->bkoi", (dy * mask).flatten(2), xm)
+    torch.testing.assert_close(corr, want, atol=1e-4, rtol=1e-4)
+
+
+def test_expanded_gradient_mixed_layouts_and_partial_requires_grad():
+    """dy with zero strides (from y.sum()), x channels_last, weight and style without gradients."""
+    x, weight, style, mask, _ = make_inputs(Case(1, 17, 9, 11, "soft", True, True), torch.float32)
+    xs = x.clone().requires_grad_(True)
+    masked_modconv2d(xs, weight, style, mask, impl="triton").sum().backward()
+    xr = x.clone().requires_grad_(True)
+    masked_modconv2d_reference(xr, weight, style, mask).sum().backward()
+    torch.testing.assert_close(xs.grad, xr.grad, atol=2e-5, rtol=1e-4)
+
+
+def test_mask_and_style_in_other_dtypes():
+    """fp16 activations with an fp32 mask, weight and style (as under mixed precision)."""
+    x, weight, style, mask, dy = make_inputs(Case(1, 17, 7, 13, "soft", True, False), torch.float32)
+    xh = x.half().requires_grad_(True)
+    leaves = [weight.clone().requires_grad_(True), style.clone().requires_grad_(True)]
+    y = masked_modconv2d(xh, *leaves, mask, impl="triton")
+    y.backward(dy.half())
+    assert y.dtype == torch.float16
+    assert leaves[0].grad.dtype == torch.float32
+    assert leaves[1].grad.dtype == torch.float32
+    ref = [x.half().float().requires_grad_(True), weight.half().float().requires_grad_(True), style.clone()]
+    ref[2].requires_grad_(True)
+    y_ref = masked_modconv2d_reference(*ref, mask)
+    y_ref.backward(dy.half().float())
+    atol, rtol = TOLERANCES[torch.float16]
+    for g, w in zip([y, xh.grad, *[t.grad for t in leaves]], [y_ref, *[t.grad for t in ref]], strict=True):
+        torch.testing.assert_close(g.float(), w.detach(), atol=atol * max(1.0, w.abs().max().item()), rtol=rtol)
+
+
+@pytest.mark.parametrize(
+    ("bad", "name"),
+    [
+        ({"x": torch.zeros(2, 4, 5)}, "x"),
+        ({"weight": torch.zeros(4, 4, 5, 5)}, "weight"),
+        ({"style": torch.zeros(2, 3)}, "style"),
+        ({"mask": torch.zeros(2, 1, 6, 5)}, "mask"),
+        ({"mask": torch.zeros(2, 1, 5, 5, dtype=torch.int64)}, "mask"),
+        ({"x": torch.zeros(2, 4, 5, 5, dtype=torch.int32)}, "x"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(bad, name):
+    args = {
+        "x": torch.zeros(2, 4, 5, 5),
+        "weight": torch.zeros(4, 4, 3, 3),
+        "style": torch.zeros(2, 4),
+        "mask": torch.zeros(2, 1, 5, 5),
+    }
+    args.update(bad)
+    with pytest.raises(ValueError, match=name):
+        masked_modconv2d(args["x"], args["weight"], args["style"], args["mask"], impl="triton")
