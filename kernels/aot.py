@@ -34,6 +34,9 @@ class AotSpec:
     num_warps: int = 4
     num_stages: int = 3
     hot: bool = True  # a hot kernel must not spill
+    # Arguments Triton may specialise as multiples of 16 at launch (as it does for aligned
+    # pointers, sizes and strides at the GiftNet shapes): that code differs, so it is compiled too.
+    divisible: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,8 @@ def _ast_source(spec: AotSpec):
     sig = dict(spec.signature)
     for name in spec.constexprs:
         sig.setdefault(name, "constexpr")
-    return ASTSource(fn=spec.fn, signature=sig, constexprs=dict(spec.constexprs))
+    attrs = {(spec.fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in spec.divisible}
+    return ASTSource(fn=spec.fn, signature=sig, constexprs=dict(spec.constexprs), attrs=attrs or None)
 
 
 def compile_spec(spec: AotSpec, arch: int) -> Resources:

@@ -9,17 +9,13 @@ the other arguments 16-divisible, as the launcher does at the GiftNet sites.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import tempfile
-from pathlib import Path
+import dataclasses
 
 import torch
 
 from kernels import masked_modconv_bwd as bwd
 from kernels import masked_modconv_fwd as fwd
-from kernels.aot import AotSpec, Resources, cuobjdump_path
+from kernels.aot import AotSpec, Resources, compile_spec
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -93,27 +89,5 @@ def compile_specialized(spec: AotSpec, arch: int) -> Resources:
     asynchronously pipelined loads: more shared memory and different register use than the
     generic compile, so the resources of that variant are checked too.
     """
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        raise RuntimeError("compile_specialized must run without TRITON_INTERPRET=1")
-    sig = dict(spec.signature)
-    attrs = {(spec.fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in sig}
-    for name in spec.constexprs:
-        sig.setdefault(name, "constexpr")
-    kernel = triton.compile(
-        ASTSource(fn=spec.fn, signature=sig, constexprs=dict(spec.constexprs), attrs=attrs),
-        target=GPUTarget("cuda", arch, 32),
-        options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "k.cubin"
-        cubin.write_bytes(kernel.asm["cubin"])
-        out = subprocess.run(
-            [str(cuobjdump_path()), "--dump-resource-usage", str(cubin)], check=True, capture_output=True, text=True
-        ).stdout
-    fields = {key: int(v) for key, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
-    shared = max(int(kernel.metadata.shared), fields["SHARED"])
-    return Resources(spec.name + "[div16]", arch, fields["REG"], fields["STACK"], shared, fields["LOCAL"])
+    r = compile_spec(dataclasses.replace(spec, divisible=tuple(spec.signature)), arch)
+    return dataclasses.replace(r, name=spec.name + "[div16]")

@@ -23,21 +23,12 @@ from kernels.aot import SM86_MAX_SHARED
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
-import json, sys
+import dataclasses, json, sys
 from kernels import aot
 from kernels.relation_triton import aot_divisible, aot_specs
 
 def compile_divisible(spec, arch):
-    make_source = aot._ast_source
-    def source(s):
-        src = make_source(s)
-        src.attrs = {(s.fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in aot_divisible(s)}
-        return src
-    aot._ast_source = source
-    try:
-        return aot.compile_spec(spec, arch)
-    finally:
-        aot._ast_source = make_source
+    return aot.compile_spec(dataclasses.replace(spec, divisible=aot_divisible(spec)), arch)
 
 part, parts = int(sys.argv[1]), int(sys.argv[2])
 jobs = [(s, arch, div) for s in aot_specs() for arch, div in ((86, False), (90, False), (86, True))]
