@@ -6,12 +6,20 @@ import json
 import signal
 
 import torch
+from rich.console import Console
 
+from giftnet.evaluate import evaluate, format_table
 from giftnet.fileio import atomic_write_bytes
 from giftnet.metrics import to_255
 from giftnet.model import GiftNet, parameter_breakdown
 from giftnet.training import distributed as dist
-from giftnet.training.checkpoint import STAGE_ORDER, latest_checkpoint, list_checkpoints, read_metadata
+from giftnet.training.checkpoint import (
+    STAGE_ORDER,
+    latest_checkpoint,
+    list_checkpoints,
+    read_metadata,
+    remove_stale_temporaries,
+)
 from giftnet.training.config import TrainConfig
 from giftnet.training.data import data_root, load_pairs
 from giftnet.training.loop import (
@@ -26,6 +34,7 @@ from giftnet.training.loop import (
 from giftnet.training.monitor import plot_losses, save_grid
 from giftnet.weights import save_weights
 from pipeline.ihd import list_subsets
+from pipeline.loaders import make_eval_loader
 
 
 def plan_stages(ctx: Context) -> list[str]:
@@ -55,19 +64,15 @@ def install_signal_handlers(ctx: Context) -> dict:
 def make_evaluator(ctx: Context, test_pairs):
     """Evaluate on the test split: print the table, log it, keep the best weights, save a sample grid."""
 
-    def on_eval(model: GiftNet, progress) -> dict | None:
+    def on_eval(model: GiftNet, progress) -> None:
         if not test_pairs:
-            return None
+            return
         if dist.is_main():
-            from giftnet.evaluate import evaluate, format_table
-
             cfg = ctx.cfg
             results = evaluate(
                 model, test_pairs, batch_size=cfg.eval_batch_size, size=cfg.eval_size, device=ctx.device,
                 backend=cfg.backend, num_workers=cfg.workers, progress=False, precision=ctx.precision,
             )  # fmt: skip
-            from rich.console import Console
-
             Console().print(format_table(results))
             with (ctx.run / "eval.jsonl").open("a") as f:
                 f.write(json.dumps({"step": progress.step, **results}) + "\n")
@@ -77,14 +82,11 @@ def make_evaluator(ctx: Context, test_pairs):
                 save_weights(model, ctx.run / BEST_FILE, {"step": str(progress.step), "mse": repr(mse)})
             write_sample_grid(ctx, model, test_pairs, progress.step)
         dist.barrier()
-        return None
 
     return on_eval
 
 
 def write_sample_grid(ctx: Context, model: GiftNet, pairs, step: int) -> None:
-    from pipeline.loaders import make_eval_loader
-
     loader = make_eval_loader(
         pairs[:4], batch_size=4, size=ctx.cfg.eval_size, device=ctx.device, backend=ctx.cfg.backend, num_workers=0
     )
@@ -134,6 +136,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, dry_run: bool = False) -> int
             ctx.log("dry run: configuration and data are valid; nothing was trained")
             return 0
         if dist.is_main():
+            for p in remove_stale_temporaries(ctx.run) if ctx.run.is_dir() else []:
+                ctx.log(f"removed {p.name}, left by a write that was interrupted")
             atomic_write_bytes(ctx.run / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
         previous = install_signal_handlers(ctx)
         try:
