@@ -12,11 +12,8 @@ with CUDA it decodes on the GPU (`device="mixed"`). Without DALI its row says wh
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,49 +23,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from bench.common import machine
 from pipeline import dali_loader
 from pipeline.loaders import make_train_loader
 from pipeline.pairs import Pair
 
 FULL = {"pairs": 320, "min_side": 256, "max_side": 512, "batch_size": 16, "crop_size": 256, "epochs": 3}
 TINY = {"pairs": 24, "min_side": 64, "max_side": 96, "batch_size": 4, "crop_size": 32, "epochs": 1}
-
-
-def machine() -> dict:
-    """CPU and GPU names, core count, library versions, git revision, UTC date and the load average.
-
-    The load average says whether other work shared the CPUs during the run (figures then drop).
-    """
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        rev = "unknown"
-    dali = "missing" if dali_loader.DALI_IMPORT_ERROR else __import__("nvidia.dali").dali.__version__
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none (no CUDA)",
-        "torch": torch.__version__,
-        "dali": dali,
-        "pillow": Image.__version__,
-        "git": rev,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def make_triplets(root: Path, n: int, *, min_side: int, max_side: int, seed: int = 0) -> list[Pair]:

@@ -25,10 +25,8 @@ harness); Triton and torch.compile timings need a GPU and say so.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.common import machine
 from kernels.masked_modconv import masked_modconv2d_reference
 
 SITES = {"E1": (32, 256), "E2": (64, 128), "E3": (128, 64), "E4": (256, 32), "D2": (64, 128), "D3": (32, 256)}
@@ -44,36 +43,6 @@ TINY = {"batch": 2, "scale": 16}  # sides divided by 16: E1 is 32 ch at 16x16
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODES = ("fwd", "bwd", "fwd+bwd")
 EAGER_FORMULATIONS = ("grouped", "eager", "eager-cl")
-
-
-def machine() -> dict:
-    """GPU (or CPU) name, git revision and UTC date."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        rev = "unknown"
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name()
-    else:
-        device = "CPU (no CUDA)"
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    device = line.split(":", 1)[1].strip() + " (no CUDA)"
-                    break
-        except OSError:
-            pass
-    return {
-        "device": device,
-        "git": rev,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 def masked_modconv2d_grouped(
@@ -245,7 +214,7 @@ def _print(rows: list[dict]) -> None:
     from rich.table import Table
 
     first = rows[0]
-    title = f"Masked modulated conv on {first['device']} (git {first['git']}, {first['date']})"
+    title = f"Masked modulated conv on {first['machine']} (git {first['git']}, {first['date']})"
     table = Table(title=title)
     for col in ("site", "shape", "impl", "mode", "ms", "TFLOP/s", "GB/s", "vs best eager", "vs compile", "max |Δy|"):
         table.add_column(col)

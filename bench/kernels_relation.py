@@ -16,22 +16,18 @@ Triton and torch.compile timings need a GPU and say so.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import statistics
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from bench.common import machine, median_ms, peaks
 from kernels.relation import relation_distill_loss_reference
 
 LEVELS = {"E1": (32, 256), "E2": (64, 128), "E3": (128, 64), "E4": (256, 32)}  # channels, side
 BATCH = 16
 TINY = {"batch": 2, "scale": 16}  # sides divided by 16: E1 is 32 ch at 16x16
-PEAK_GBPS = {"3090": 936.0, "H200": 4300.0}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GAMMA = 0.01
 # Feature passes of the Triton path (forward: foreground sums of student and teacher, logits
@@ -40,65 +36,10 @@ GAMMA = 0.01
 TRITON_FEATURE_PASSES = 7
 
 
-def machine() -> dict:
-    """GPU (or CPU) name, git revision and UTC date."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        rev = "unknown"
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name()
-    else:
-        device = "CPU (no CUDA)"
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    device = line.split(":", 1)[1].strip() + " (no CUDA)"
-                    break
-        except OSError:
-            pass
-    return {
-        "device": device,
-        "git": rev,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def peak_gbps(device_name: str) -> float | None:
-    """Peak memory bandwidth of a known GPU, None when unknown."""
-    return next((v for k, v in PEAK_GBPS.items() if k in device_name), None)
-
-
 def roofline_bytes(b: int, c: int, side: int, dtype: torch.dtype) -> int:
     """Student and teacher read once, fp32 mask read once, student gradient written once."""
     feat = b * c * side * side * torch.finfo(dtype).bits // 8
     return 3 * feat + b * side * side * 4
-
-
-def _time_ms(fn: Callable[[], object], reps: int, cuda: bool) -> float:
-    """Median wall time of `fn` in milliseconds, after warm-up (autotuning, compilation)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def _impls(cuda: bool) -> dict[str, Callable | str]:
@@ -143,7 +84,7 @@ def _level_rows(level: str, shape: tuple[int, int, int], dt: torch.dtype, impls:
         if isinstance(fn, str):
             rows.append({**base, "impl": name, "ms": None, "skipped": fn})
             continue
-        times[name] = _time_ms(_step(fn, student, teacher, mask), reps, cuda)
+        times[name] = median_ms(_step(fn, student, teacher, mask), reps)
         with torch.no_grad():
             loss = float(fn(student, teacher, mask, gamma=GAMMA))  # the implementations must agree
         rows.append({**base, "impl": name, "ms": round(times[name], 4), "loss": loss})
@@ -162,7 +103,7 @@ def run(tiny: bool, dtype: str | None = None, reps: int | None = None) -> list[d
     reps = reps or (20 if cuda else 3)
     batch, scale = (TINY["batch"], TINY["scale"]) if tiny else (BATCH, 1)
     info = machine()
-    peak = peak_gbps(info["device"]) if cuda else None
+    peak = (peaks(info["machine"]) or {}).get("gbps") if cuda else None
     impls = _impls(cuda)
     rows = []
     for level, (c, side) in LEVELS.items():
@@ -179,7 +120,7 @@ def _print(rows: list[dict]) -> None:
     from rich.table import Table
 
     first = rows[0]
-    title = f"Relation-distillation loss fwd+bwd on {first['device']} (git {first['git']}, {first['date']})"
+    title = f"Relation-distillation loss fwd+bwd on {first['machine']} (git {first['git']}, {first['date']})"
     table = Table(title=title)
     for col in ("level", "shape", "impl", "ms", "GB/s", "of peak", "vs eager", "vs compile", "loss"):
         table.add_column(col)

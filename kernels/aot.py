@@ -117,14 +117,22 @@ def all_specs() -> list[AotSpec]:
     return specs
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Compile every spec for sm_86 and sm_90, print the table; `--json OUT` also writes the rows."""
+    import argparse
+    import json
+
     from rich.console import Console
     from rich.table import Table
 
+    parser = argparse.ArgumentParser(prog="python -m kernels.aot", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="also write one record per (kernel, arch) to this JSON file")
+    args = parser.parse_args(argv)
     table = Table(title="Static resources of the Triton kernels (ahead-of-time compile)")
     for col in ("kernel", "arch", "registers", "stack", "local", "shared (B)", "ok"):
         table.add_column(col)
     bad = 0
+    records = []
     for spec in all_specs():
         for arch in (86, 90):
             r = compile_spec(spec, arch)
@@ -139,7 +147,22 @@ def main() -> int:
                 str(r.shared),
                 "yes" if ok else "NO",
             )
+            records.append(
+                {
+                    **dataclasses.asdict(r),
+                    "spills": r.spills,
+                    "ok": ok,
+                    "hot": spec.hot,
+                    "num_warps": spec.num_warps,
+                    "num_stages": spec.num_stages,
+                    "constexprs": {
+                        k: v if isinstance(v, (bool, int, float)) else str(v) for k, v in spec.constexprs.items()
+                    },
+                }
+            )
     Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1) + "\n")
     return 1 if bad else 0
 
 

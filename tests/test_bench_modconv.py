@@ -20,7 +20,7 @@ def test_tiny_run_writes_every_site_impl_and_mode(tmp_path, capsys):
     keys = {(r["site"], r["impl"], r["mode"]) for r in rows}
     assert keys == {(s, i, m) for s in kernels_modconv.SITES for i in impls for m in kernels_modconv.MODES}
     for r in rows:
-        assert r["git"] and r["date"] and r["device"]
+        assert r["git"] and r["date"] and r["machine"]
         if torch.cuda.is_available() or r["impl"] in kernels_modconv.EAGER_FORMULATIONS:
             assert r["ms"] > 0 and r["tflops"] > 0 and r["gbps"] > 0
             assert r["max_abs_diff_vs_grouped"] < 1e-3  # every formulation computes the same y

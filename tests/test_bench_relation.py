@@ -14,7 +14,7 @@ def test_tiny_benchmark_rows(tmp_path):
     assert [r["level"] for r in rows[::3]] == ["E1", "E2", "E3", "E4"]
     assert [r["impl"] for r in rows[:3]] == ["eager", "compile", "triton"]
     for r in rows:
-        assert r["device"] and r["git"] and r["date"]
+        assert r["machine"] and r["git"] and r["date"]
         assert r["roofline_bytes"] == bench.roofline_bytes(
             r["batch"], r["channels"], r["side"], getattr(torch, r["dtype"])
         )
@@ -27,8 +27,10 @@ def test_tiny_benchmark_rows(tmp_path):
 
 
 def test_peak_bandwidth_by_gpu_name():
-    assert bench.peak_gbps("NVIDIA GeForce RTX 3090") == 936.0
-    assert bench.peak_gbps("NVIDIA H200") == 4300.0
-    assert bench.peak_gbps("Some Other GPU") is None
+    from bench.common import peaks
+
+    assert peaks("NVIDIA GeForce RTX 3090")["gbps"] == 936.0
+    assert peaks("NVIDIA H200")["gbps"] == 4300.0
+    assert peaks("Some Other GPU") is None
     # 16 x 32 x 256^2 bf16 student and teacher, fp32 mask, bf16 gradient
     assert bench.roofline_bytes(16, 32, 256, torch.bfloat16) == 3 * 16 * 32 * 65536 * 2 + 16 * 65536 * 4

@@ -1,0 +1,409 @@
+"""Benchmark results at a glance: bench/results/results.csv -> bench/results/README.md with tables and PNG plots.
+
+The CSV is long-format (machine, git, date, benchmark, config, metric, value, note): every
+benchmark appends its figures with `--csv`, or its JSON output is added here with
+`--add train=OUT.json` (also data=, kernels=). The README shows, for the newest run of each
+benchmark on each machine, the training throughput per configuration (bars), the data pipeline,
+the kernels (table and a roofline on the GPU they ran on, with the RTX 3090's roof drawn from
+its specification) and the static resources of every Triton kernel on sm_86 from the
+ahead-of-time compile (`--aot` recompiles them into bench/results/aot.json; no GPU needed).
+
+    python -m bench.report [--results bench/results/results.csv] [--out DIR] [--add KIND=JSON] [--aot]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from bench.common import REPO, RESULTS_CSV, RTX3090, append_results, csv_records, peaks, read_results
+
+AOT_JSON = "aot.json"
+DATA_METRICS = ("pairs_per_s", "vs_torch")
+GPU_CHECK_DOC = """## Running the GPU check
+
+On a machine with a CUDA GPU (nothing is installed over the network; the repository need not be
+pip-installed), from the repository root:
+
+```bash
+bash bench/gpu_check.sh /tmp/gpu-out          # PYTHON=/path/to/python to choose the interpreter
+```
+
+It writes `env.txt` (nvidia-smi, library versions), then runs the GPU correctness checks
+(`pytest tests/test_masked_modconv_cuda.py tests/test_relation_cuda.py tests/test_loaders.py` when
+pytest is installed, and `python -m bench.gpu_smoke` always: the Triton kernels against their
+references in fp32/fp16/bf16 at the GiftNet shapes), then `bench.kernels`, `bench.train` and
+`bench.data` (DALI rows are skipped where DALI is not installed), each under a timeout so the
+whole run stays within 8 minutes. Logs, JSON, a copy of `results.csv` with the new figures
+appended, and this report regenerated with the new plots land in the output folder. It exits
+non-zero only when a correctness check fails. `GIFTNET_GPU_CHECK_DRY=1` only checks for CUDA
+and lists what it would run. To publish: copy `OUT/results.csv` over `bench/results/results.csv`
+and run `python -m bench.report`.
+"""
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def throughput_png(found: list[tuple[tuple, dict]], path: Path) -> bool:
+    """Bars of images/s per training configuration, one panel per machine; False without matplotlib or data."""
+    plt = _pyplot()
+    if plt is None or not found:
+        return False
+    fig, axes = plt.subplots(1, len(found), figsize=(max(8.0, 5.5 * len(found)), 4.2), squeeze=False)
+    for ax, (key, configs) in zip(axes[0], found, strict=True):
+        names = list(configs)
+        values = [configs[n].get("images_per_s", 0.0) for n in names]
+        bars = ax.bar([n.split()[0] for n in names], values, color="#4c72b0")
+        for bar, name in zip(bars, names, strict=True):
+            fig_ = configs[name]
+            text = f"{fig_['vs_a']:.2f}x" if "vs_a" in fig_ else ("skipped" if "skipped" in fig_ else "failed")
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+        ax.set_title(f"{key[0]}\ngit {key[1]}, {key[2]}", fontsize=9)
+        ax.set_ylabel("images/s (higher is better)")
+        ax.set_xlabel(next(iter(configs)).partition(" ")[2] if configs else "")
+        ax.margins(y=0.15)
+    fig.suptitle(
+        "Training throughput (ratio to a above each bar)\n"
+        "a fp32 reference ops, b +mixed precision/channels_last, c +Triton, d +DALI, e +torch.compile",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _roof(ax, np, peak: dict, style: str) -> None:
+    x = np.logspace(-1, 3, 200)
+    ax.plot(
+        x,
+        np.minimum(peak["bf16_tflops"], peak["gbps"] * x / 1e3),
+        style,
+        color="black",
+        lw=1.2,
+        label=f"{peak['name']} roof ({peak['source']}): {peak['gbps']:.0f} GB/s, {peak['bf16_tflops']:.0f} TFLOP/s",
+    )
+
+
+def roofline_png(gpu_runs: list[tuple[tuple, dict]], path: Path) -> str:
+    """Roofline of the modulated convolution and bandwidth bars of the relation loss; returns a caption."""
+    plt = _pyplot()
+    if plt is None:
+        return "(matplotlib is not installed: no plot)"
+    import numpy as np
+
+    machine = gpu_runs[0][0][0] if gpu_runs else None
+    own = peaks(machine) if machine else None
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    _roof(ax, np, RTX3090, "-")
+    if own and own is not RTX3090:
+        _roof(ax, np, own, "--")
+    colours = {"triton": "#c44e52", "triton-cl": "#dd8452", "compile": "#55a868", "eager": "#4c72b0"}
+    levels, relation = [], defaultdict(dict)
+    for key, configs in gpu_runs:
+        if key[0] != machine:
+            continue
+        for name, fig_ in configs.items():
+            where, impl, mode = [*name.split(), "", "", ""][:3]
+            if mode != "fwd+bwd" or "gbps" not in fig_:
+                continue
+            if key[3] == "kernels_modconv" and fig_.get("tflops"):
+                x = fig_["tflops"] * 1e3 / fig_["gbps"]
+                ax.scatter(x, fig_["tflops"], color=colours.get(impl, "#8c8c8c"), label=impl, zorder=3)
+                ax.annotate(where, (x, fig_["tflops"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            elif key[3] == "kernels_relation":
+                levels += [where] if where not in levels else []
+                relation[impl][where] = fig_["gbps"]
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="arithmetic intensity (FLOP per byte that must move)",
+        ylabel="TFLOP/s",
+        title="masked modulated conv, fwd+bwd",
+    )
+    width = 0.8 / max(1, len(relation))
+    for i, (impl, by_level) in enumerate(relation.items()):
+        xs = [levels.index(lv) + i * width for lv in by_level]
+        bx.bar(xs, list(by_level.values()), width, label=impl, color=colours.get(impl, "#8c8c8c"))
+    bx.axhline(RTX3090["gbps"], color="black", lw=1.2, label="RTX 3090 936 GB/s (spec)")
+    if own and own is not RTX3090:
+        bx.axhline(own["gbps"], color="black", ls="--", lw=1.2, label=f"{own['name']} {own['gbps']:.0f} GB/s")
+    bx.set_xticks([i + 0.4 - width / 2 for i in range(len(levels))], levels)
+    bx.set(ylabel="effective GB/s", title="relation-distillation loss, fwd+bwd (bandwidth-bound)")
+    bx.set_ylim(bottom=0, top=1.1 * max([own["gbps"] if own else 0.0, RTX3090["gbps"]]))
+    bx.legend(fontsize=7)
+    if machine:
+        caption = (
+            f"Points measured on **{machine}** (git `{gpu_runs[0][0][1]}`, {gpu_runs[0][0][2]}). "
+            "The RTX 3090 roof is drawn from its specification (design.md section 8)"
+            + ("; the dashed roof is the measuring GPU's." if own and own is not RTX3090 else ".")
+        )
+    else:
+        caption = (
+            "No GPU kernel measurements in the results yet (CPU runs are harness smoke tests and are not "
+            "plotted): only the RTX 3090's roof from its specification is drawn."
+        )
+        for axis in (ax, bx):
+            axis.text(0.5, 0.5, "no GPU measurements yet", transform=axis.transAxes, ha="center")
+    fig.suptitle(f"Kernel roofline: points from {machine or 'no GPU yet'}; solid roof RTX 3090 (spec)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return caption
+
+
+def add_json(kind: str, path: Path, results: Path) -> None:
+    """Append the rows of a benchmark's --json output to the results CSV."""
+    rows = json.loads(Path(path).read_text())
+    if kind == "train":
+        from bench.train import record_csv
+    elif kind == "kernels":
+        from bench.kernels import record_csv
+    elif kind == "data":
+
+        def record_csv(rows: list[dict], out: Path) -> None:
+            for row in rows:
+                row["size"] = f"b{row.get('batch_size')} {row.get('crop_size')}px"
+            append_results(csv_records("data", rows, ("backend", "size"), DATA_METRICS), out)
+    else:
+        raise ValueError(f"--add {kind}=...: kind must be train, kernels or data")
+    record_csv(rows, results)
+
+
+def pivot(records: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """{(machine, git, date, benchmark): {config: {metric: value or note}}} in file order."""
+    runs: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in records:
+        key = (r["machine"], r["git"], r["date"], r["benchmark"])
+        figures = runs[key].setdefault(r["config"], {})
+        if r["metric"] in ("skipped", "error"):
+            figures[r["metric"]] = r["note"]
+            continue
+        figures[r["metric"]] = float(r["value"])
+        if r["note"]:
+            figures["note"] = r["note"]
+    return runs
+
+
+def latest(runs: dict[tuple, dict], benchmark: str) -> list[tuple[tuple, dict]]:
+    """The newest run of `benchmark` on each machine, machines in name order."""
+    best: dict[str, tuple] = {}
+    for key in runs:
+        if key[3] == benchmark and (key[0] not in best or key[2] >= best[key[0]][2]):
+            best[key[0]] = key
+    return [(best[m], runs[best[m]]) for m in sorted(best)]
+
+
+def _v(fig: dict, metric: str, spec: str, scale: float = 1.0) -> str:
+    value = fig.get(metric)
+    return "-" if value is None else format(value * scale, spec)
+
+
+def _title(key: tuple) -> str:
+    return f"**{key[0]}**, git `{key[1]}`, {key[2]}"
+
+
+def train_section(runs: dict) -> list[str]:
+    try:
+        from bench.train import CONFIGS
+    except ImportError:  # the trainer's dependencies are missing here: tables without labels
+        CONFIGS = {}
+
+    out = ["## Training throughput (`python -m bench.train`)", ""]
+    out += [
+        "Full harmonization-stage steps (teacher forward, student forward + backward, relation distillation,",
+        "Adam), data loading inside the clock. MFU: achieved model FLOP/s (counted) over the GPU's dense bf16 peak.",
+        "",
+    ]
+    found = latest(runs, "train")
+    if not found:
+        return [*out, "No training results yet.", ""]
+    out += ["![training throughput](train_throughput.png)", ""]
+    for key, configs in found:
+        size = next(iter(configs)).partition(" ")[2]
+        out += [f"{_title(key)}: {size} (batch, crop, base channels)", ""]
+        out += [
+            "| config | what | images/s | vs a | ms/step | peak MB | GFLOP/img | MFU |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, fig in configs.items():
+            letter = name.split()[0]
+            label = CONFIGS.get(letter, {}).get("label", "")
+            if "images_per_s" not in fig:
+                why = fig.get("skipped") or fig.get("error") or "no result"
+                out.append(f"| {letter} | {label} | {'skipped' if 'skipped' in fig else 'FAILED'}: {why} ||||||")
+                continue
+            out.append(
+                f"| {letter} | {label} | {_v(fig, 'images_per_s', '.1f')} | {_v(fig, 'vs_a', '.2f')} | "
+                f"{_v(fig, 'ms_per_step', '.1f')} | {_v(fig, 'peak_mem_mb', '.0f')} | "
+                f"{_v(fig, 'gflop_per_image', '.3f')} | {_v(fig, 'mfu', '.1%')} |"
+            )
+        ips = {name.split()[0]: f.get("images_per_s") for name, f in configs.items()}
+        if not key[0].endswith("(CPU only)") and all(ips.get(k) for k in "abcd"):
+            out += [
+                "",
+                f"Goal (issue 7): d/a = {ips['d'] / ips['a']:.2f} (>= 2), c/b = {ips['c'] / ips['b']:.2f} (>= 1.3).",
+            ]
+        notes = sorted({f.get("note") for f in configs.values() if f.get("note")})
+        out += ["", *(f"Note: {n}" for n in notes), ""]
+    return out
+
+
+def data_section(runs: dict) -> list[str]:
+    out = ["## Data pipeline (`python -m bench.data`)", ""]
+    found = latest(runs, "data")
+    if not found:
+        return [*out, "No data-pipeline results yet.", ""]
+    train = dict((k[0], c) for k, c in latest(runs, "train"))
+    for key, configs in found:
+        out += [_title(key), "", "| backend | pairs/s | vs torch |", "|---|---:|---:|"]
+        for name, fig in configs.items():
+            if "pairs_per_s" not in fig:
+                out.append(f"| {name} | skipped: {fig.get('skipped') or fig.get('error')} | |")
+                continue
+            out.append(f"| {name} | {_v(fig, 'pairs_per_s', '.1f')} | {_v(fig, 'vs_torch', '.2f')} |")
+        dali_name, dali = next(
+            ((n, f) for n, f in configs.items() if n.startswith("dali ") and "pairs_per_s" in f), ("", None)
+        )
+        size = dali_name.partition(" ")[2]  # "b16 256px": compare with a training run of the same batch and crop
+        engine = next(
+            (f for n, f in train.get(key[0], {}).items() if n.startswith(f"d {size} ") and "images_per_s" in f), None
+        )
+        if engine and dali:
+            ratio = dali["pairs_per_s"] / engine["images_per_s"]
+            out.append(f"\nDALI delivers {ratio:.2f}x the engine's training rate (goal >= 1.5x).")
+        out.append("")
+    return out
+
+
+def kernels_section(runs: dict, out_dir: Path) -> list[str]:
+    out = ["## Kernels (`python -m bench.kernels`)", ""]
+    found = [(k, c) for b in ("kernels_modconv", "kernels_relation") for k, c in latest(runs, b)]
+    gpu = [(k, c) for k, c in found if not k[0].endswith("(CPU only)")]
+    note = roofline_png(gpu, out_dir / "kernels_roofline.png")
+    out += ["![kernel roofline](kernels_roofline.png)", "", note, ""]
+    if not found:
+        return [*out, "No kernel results yet.", ""]
+    for key, configs in found:
+        out += [f"{_title(key)} ({key[3]}, fwd+bwd)", ""]
+        out += ["| where impl mode dtype | ms | TFLOP/s | GB/s | of peak | vs eager | vs compile |"]
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        skipped: dict[str, set] = defaultdict(set)
+        for name, fig in configs.items():
+            if " fwd+bwd " not in f" {name} ":
+                continue
+            if "ms" not in fig:
+                skipped[fig.get("skipped") or fig.get("error") or "no result"].add(name.split()[1])
+                continue
+            out.append(
+                f"| {name} | {_v(fig, 'ms', '.3f')} | {_v(fig, 'tflops', '.3g')} | {_v(fig, 'gbps', '.4g')} | "
+                f"{_v(fig, 'peak_fraction', '.0%')} | {_v(fig, 'vs_eager', '.2f')} | {_v(fig, 'vs_compile', '.2f')} |"
+            )
+        out += ["", *(f"Skipped {', '.join(sorted(impls))}: {why}" for why, impls in skipped.items())]
+        out.append("")
+    return out
+
+
+def run_aot(out: Path) -> None:
+    """`python -m kernels.aot --json out` in a subprocess without TRITON_INTERPRET (the interpreter
+    replaces the JIT functions, so the compile must not see it)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernels.aot", "--json", str(out)], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    if not out.is_file():
+        raise RuntimeError(f"python -m kernels.aot failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
+def aot_section(aot_json: Path) -> list[str]:
+    out = ["## Static resources on sm_86 (RTX 3090), from the ahead-of-time compile", ""]
+    if not aot_json.is_file():
+        return [*out, f"No `{aot_json.name}` yet: run `python -m bench.report --aot`.", ""]
+    records = [r for r in json.loads(aot_json.read_text()) if r["arch"] == 86]
+    out += [
+        "Every launch the kernels may make (`python -m kernels.aot`, no GPU needed). Stack or local bytes mean",
+        "register spills; a block may use at most 99 KB of shared memory on sm_86. Regenerated by",
+        f"`python -m bench.report --aot` ({len(records)} launches).",
+        "",
+        "| kernel | warps | stages | tile | registers | spills (stack/local B) | shared (B) | ok |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in records:
+        tile = " ".join(f"{k}={v}" for k, v in r.get("constexprs", {}).items() if k.isupper())
+        out.append(
+            f"| {r['name']} | {r.get('num_warps', '')} | {r.get('num_stages', '')} | {tile} | {r['registers']} | "
+            f"{r['stack']}/{r['local']} | {r['shared']} | {'yes' if r['ok'] else '**NO**'} |"
+        )
+    return [*out, ""]
+
+
+def write_report(results: Path, out_dir: Path, aot_json: Path | None = None) -> Path:
+    """Write out_dir/README.md (and its PNGs) from the results CSV; returns the README's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = pivot(read_results(results))
+    lines = ["# Benchmark results", ""]
+    lines += [
+        f"Generated by `python -m bench.report` from `{results.name}` (one line per figure: machine, git",
+        "revision, date, benchmark, config, metric, value). The newest run on each machine is shown. CPU rows",
+        "come from tiny CI-sized runs that only check the harness; the figures that matter are the GPU ones.",
+        "",
+    ]
+    if not any(not key[0].endswith("(CPU only)") for key in runs):
+        lines += [
+            "**No GPU figures yet**: no GPU was available when these results were produced. Run",
+            "`bash bench/gpu_check.sh OUT` on a GPU machine (see the last section) and commit its results.",
+            "",
+        ]
+    throughput_png(latest(runs, "train"), out_dir / "train_throughput.png")
+    lines += train_section(runs) + data_section(runs) + kernels_section(runs, out_dir)
+    lines += aot_section(aot_json or out_dir / AOT_JSON) + GPU_CHECK_DOC.splitlines()
+    readme = out_dir / "README.md"
+    readme.write_text("\n".join(lines).rstrip() + "\n")
+    return readme
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=RESULTS_CSV, help="the results CSV (appended to by --add)")
+    ap.add_argument("--out", type=Path, help="folder for README.md and the PNGs (default: the CSV's folder)")
+    ap.add_argument("--add", action="append", default=[], metavar="KIND=JSON", help="append a bench's --json output")
+    ap.add_argument("--aot", action="store_true", help="recompile the Triton kernels for sm_86/sm_90 (aot.json)")
+    ap.add_argument("--aot-json", type=Path, help="static resources JSON to show (default OUT/aot.json)")
+    args = ap.parse_args(argv)
+    out_dir = args.out or args.results.parent
+    try:
+        for item in args.add:
+            kind, _, path = item.partition("=")
+            add_json(kind, Path(path), args.results)
+        if args.aot:
+            run_aot(args.aot_json or out_dir / AOT_JSON)
+        readme = write_report(args.results, out_dir, args.aot_json)
+    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
