@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline import images
 from pipeline.pairs import DatasetError
 
 # Separate streams for the epoch order and the per-pair crop, so neither can alias the other.
@@ -164,13 +165,12 @@ def sample_crop(
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A mask file's channel 0 as a uint8 (H, W) array (iHarmony4: 0 background, 255 foreground)."""
-    try:
-        with Image.open(path) as img:
-            channel = img if img.mode == "L" else img.convert("RGB").getchannel(0)
-            return np.array(channel)  # np.array, not asarray: writable
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read mask ({e})") from None
+    """A mask file as a writable uint8 (H, W) array, 0 background to 255 foreground.
+
+    Decoded by pipeline.images.read_mask, the one mask reader of the package (channel 0; an
+    alpha-only mask's alpha; 16-bit masks scaled), so the loaders see what the checker checked.
+    """
+    return np.rint(images.read_mask(path) * 255.0).astype(np.uint8)
 
 
 def image_size(path: Path, data: bytes | None = None) -> tuple[int, int]:

@@ -76,7 +76,7 @@ def bundled_matrices() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if entry.name.endswith(".npy") and not entry.name.endswith("_reverse.npy"):
             stem = entry.name[: -len(".npy")]
             with entry.open("rb") as f_forward, (folder / f"{stem}_reverse.npy").open("rb") as f_reverse:
-                out[stem] = (np.load(f_forward), np.load(f_reverse))
+                out[stem] = (np.load(f_forward, allow_pickle=False), np.load(f_reverse, allow_pickle=False))
     if len(out) < 2:
         raise RuntimeError(f"{folder}: the package data of ccHarmony matrices is missing (reinstall the package)")
     return out

@@ -11,6 +11,10 @@ if not torch.cuda.is_available():
 
 import pytest
 
+# Two xdist workers on two cores, each with torch's default thread pool, wait on each other:
+# tiny steps then swing from milliseconds to seconds. One thread per worker is steadier.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

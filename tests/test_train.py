@@ -19,7 +19,10 @@ from giftnet.training.cli import main
 from giftnet.training.precision import cpu_supports
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": str(ROOT)}
+ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
+    "PYTHONPATH": str(ROOT),
+    "OMP_NUM_THREADS": "1",
+}
 
 
 @pytest.fixture(scope="module")

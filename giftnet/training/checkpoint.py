@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from giftnet.fileio import atomic_write_bytes
+from giftnet.model import GiftNet
 from giftnet.weights import WeightsError, load_state_checked
 
 FORMAT = "giftnet-checkpoint"
@@ -56,7 +57,7 @@ def save_checkpoint(
     path: Path,
     *,
     stage: str,
-    model: torch.nn.Module,
+    model: GiftNet,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     progress: Progress,
@@ -83,17 +84,10 @@ def save_checkpoint(
         "best": repr(progress.best),
         "optimizer_scalars": json.dumps(opt_scalars),
         "train_config": json.dumps(train_config, sort_keys=True),
-        "model_config": json.dumps(
-            train_config["model"] if stage == "harmonization" else teacher_model_dict(train_config)
-        ),
+        # The architecture of the model saved (the teacher's is the plain backbone of the same width).
+        "model_config": json.dumps(model.config.to_dict()),
     }
     atomic_write_bytes(path, save(tensors, metadata=metadata))
-
-
-def teacher_model_dict(train_config: dict[str, Any]) -> dict[str, Any]:
-    model = dict(train_config["model"])
-    model["gift_sites"] = []
-    return model
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -114,39 +108,102 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
 ) -> Progress:
-    """Restore everything `save_checkpoint` wrote; the caller checked the architecture."""
+    """Restore everything `save_checkpoint` wrote; the caller checked the architecture.
+
+    Every tensor is checked before anything is restored: names, dtypes and shapes must be what
+    this model, optimizer and scaler hold, else WeightsError naming the file and the tensor.
+    """
     meta = read_metadata(path)
-    model.load_state_dict(load_state_checked(path, model.state_dict(), prefix="model."))
-    with safe_open(str(path), framework="pt") as f:
-        names = set(f.keys())
+    try:
         scalars = json.loads(meta["optimizer_scalars"])
-        opt_state = optimizer.state_dict()
-        state: dict[int, dict[str, Any]] = {}
-        for name in names:
-            if name.startswith("optim."):
-                _, pid, key = name.split(".", 2)
-                value = f.get_tensor(name)
-                if name in scalars:
-                    value = int(value.item()) if scalars[name] == "int" else float(value.item())
-                state.setdefault(int(pid), {})[key] = value
-        optimizer.load_state_dict({"state": state, "param_groups": opt_state["param_groups"]})
-        scaler_state = scaler.state_dict()
-        for key in list(scaler_state):
-            if f"scaler.{key}" in names:
-                value = f.get_tensor(f"scaler.{key}")
-                scaler_state[key] = (
-                    type(scaler_state[key])(value.item()) if not torch.is_tensor(scaler_state[key]) else value
-                )
-        if scaler_state:
-            scaler.load_state_dict(scaler_state)
-        torch.set_rng_state(f.get_tensor("rng.torch"))
-        cuda_states = [
-            f.get_tensor(f"rng.cuda.{i}") for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in names
-        ]
-        if cuda_states and len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-        epoch, batch, step, bad = (int(v) for v in f.get_tensor("progress").tolist())
-    return Progress(epoch, batch, step, bad, float(meta["best"]))
+        best = float(meta["best"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise WeightsError(f"{path}: damaged checkpoint metadata ({exc!r})") from None
+    if not isinstance(scalars, dict) or not set(scalars.values()) <= {"int", "float"}:
+        raise WeightsError(f"{path}: damaged checkpoint metadata (optimizer_scalars)")
+    model_state = load_state_checked(path, model.state_dict(), prefix="model.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            scaler_state = scaler.state_dict()
+            unknown = sorted(n for n in names if not _known_name(n, scaler_state))
+            if unknown:
+                raise WeightsError(f"{path}: unexpected tensors in the checkpoint: {unknown[:5]}")
+            opt_state = _optimizer_state(path, f, names, scalars, optimizer)
+            for key in scaler_state:
+                if f"scaler.{key}" in names:
+                    value = _checked(path, f, f"scaler.{key}", shape=(1,), floating=None)
+                    scaler_state[key] = (
+                        value if torch.is_tensor(scaler_state[key]) else type(scaler_state[key])(value.item())
+                    )
+            rng = _checked(path, f, "rng.torch", shape=tuple(torch.get_rng_state().shape), dtype=torch.uint8)
+            cuda_rng = [_checked(path, f, n, dtype=torch.uint8) for n in sorted(names) if n.startswith("rng.cuda.")]
+            counters = _checked(path, f, "progress", shape=(4,), dtype=torch.int64).tolist()
+    except SafetensorError as exc:
+        raise WeightsError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    if min(counters) < 0:
+        raise WeightsError(f"{path}: damaged checkpoint (negative progress {counters})")
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict({"state": opt_state, "param_groups": optimizer.state_dict()["param_groups"]})
+    if scaler_state:
+        scaler.load_state_dict(scaler_state)
+    torch.set_rng_state(rng)
+    if cuda_rng and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_rng)
+    epoch, batch, step, bad = (int(v) for v in counters)
+    return Progress(epoch, batch, step, bad, best)
+
+
+def _known_name(name: str, scaler_state: dict[str, Any]) -> bool:
+    head, _, rest = name.partition(".")
+    if head in ("model", "optim"):
+        return True  # checked against the model and the optimizer
+    if head == "scaler":
+        return rest in scaler_state
+    return name in ("progress", "rng.torch") or (name.startswith("rng.cuda.") and name[9:].isdigit())
+
+
+def _checked(
+    path: Path,
+    f: Any,
+    name: str,
+    *,
+    shape: tuple[int, ...] | None = None,
+    dtype: torch.dtype | None = None,
+    floating: bool | None = None,
+) -> torch.Tensor:
+    """Tensor `name` of an open checkpoint, refused unless it has the given shape and dtype."""
+    if name not in f.keys():  # noqa: SIM118 (not a dict)
+        raise WeightsError(f"{path}: the checkpoint has no tensor {name!r}")
+    t = f.get_tensor(name)
+    if shape is not None and tuple(t.shape) != shape:
+        raise WeightsError(f"{path}: {name} has shape {tuple(t.shape)}, expected {shape}")
+    if (dtype is not None and t.dtype != dtype) or (floating is not None and t.is_floating_point() != floating):
+        raise WeightsError(f"{path}: {name} has dtype {t.dtype}, expected {dtype or 'a float'}")
+    return t
+
+
+def _optimizer_state(
+    path: Path, f: Any, names: set[str], scalars: dict[str, str], optimizer: torch.optim.Optimizer
+) -> dict[int, dict[str, Any]]:
+    """The optimizer's per-parameter state: each tensor a float scalar or of its parameter's shape."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state: dict[int, dict[str, Any]] = {}
+    for name in sorted(names):
+        if not name.startswith("optim."):
+            continue
+        _, pid, key = [*name.split(".", 2), "", ""][:3]
+        if not pid.isdigit() or int(pid) >= len(params) or not key:
+            raise WeightsError(f"{path}: optimizer tensor {name!r} does not belong to this model's optimizer")
+        value = _checked(path, f, name, floating=True)
+        if value.dim() != 0 and value.shape != params[int(pid)].shape:
+            raise WeightsError(
+                f"{path}: {name} has shape {tuple(value.shape)}, expected () or {tuple(params[int(pid)].shape)}"
+            )
+        if name in scalars:
+            value = int(value.item()) if scalars[name] == "int" else float(value.item())
+        state.setdefault(int(pid), {})[key] = value
+    return state
 
 
 def checkpoint_name(stage: str, step: int) -> str:
@@ -166,6 +223,14 @@ def list_checkpoints(run: Path) -> list[tuple[int, int, Path]]:
 def latest_checkpoint(run: Path) -> Path | None:
     found = list_checkpoints(run)
     return found[-1][2] if found else None
+
+
+def remove_stale_temporaries(run: Path) -> list[Path]:
+    """Delete the temporary files of writes a killed process never finished (they are never read)."""
+    stale = sorted(run.glob(".*.safetensors.*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def prune(run: Path, stage: str, keep_last: int) -> None:

@@ -90,7 +90,12 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         saved = given["resume"] / "config.json"
         if not saved.is_file():
             raise FileNotFoundError(f"--resume {given['resume']}: no config.json there (not a run folder?)")
-        base = json.loads(saved.read_text())
+        try:
+            base = json.loads(saved.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--resume {given['resume']}: cannot read {saved} ({exc})") from exc
+        if not isinstance(base, dict):
+            raise ValueError(f"--resume {given['resume']}: {saved} must hold a JSON object")
         base["out"] = str(given["resume"])
     elif "config" in given:
         try:
@@ -136,6 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, DatasetError, WeightsError, FileNotFoundError, FileExistsError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
-    except FloatingPointError as exc:
+    except (FloatingPointError, OSError) as exc:  # non-finite losses; a checkpoint that cannot be written
         print(f"train.py: stopped: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ config is written to RUN/config.json; --resume reads it back from there.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from giftnet.config import LossConfig, ModelConfig
@@ -14,6 +15,7 @@ from giftnet.config import LossConfig, ModelConfig
 STAGES = ("all", "reconstruction", "harmonization")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "apex", "sgd")
+BACKENDS = ("auto", "dali", "torch")
 
 
 @dataclasses.dataclass
@@ -67,9 +69,12 @@ class TrainConfig:
         need(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         need(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}")
+        need(self.backend in BACKENDS, f"--backend must be one of {BACKENDS}, got {self.backend!r}")
         need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         need(self.teacher_epochs is None or self.teacher_epochs >= 1, "--teacher-epochs must be >= 1")
-        need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0 and finite, got {self.lr}")
+        for flag, value in (("--distill-weight", self.loss.distill_weight), ("--gamma", self.loss.gamma)):
+            need(math.isfinite(value), f"{flag} must be finite, got {value}")
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         for name in ("crop_size", "eval_size"):
             value = getattr(self, name)

@@ -40,7 +40,11 @@ def load_pairs(cfg: TrainConfig, root: Path, split: str, log) -> list[Pair]:
     """Pairs of `split`. A broken dataset stops the run before it starts, unless --skip-bad-data:
     then every skipped item is logged and the run goes on with the rest."""
     subsets = list(cfg.subsets) or None
-    problems = [p for p in check_dataset(root, subsets, split, decode=False) if p.severity == "error"]
+    # The quick check (lists, existence, empty files, headers, sizes) runs on every start. Skipping
+    # bad items decodes every image too, so that a truncated file is skipped here rather than
+    # stopping the run when the loader meets it (the pair list must not change across resumes).
+    problems = check_dataset(root, subsets, split, decode=cfg.skip_bad_data)
+    problems = [p for p in problems if p.severity == "error"]
     if problems and not cfg.skip_bad_data:
         shown = "\n  ".join(str(p) for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -49,13 +53,20 @@ def load_pairs(cfg: TrainConfig, root: Path, split: str, log) -> list[Pair]:
             f"for the full report, or pass --skip-bad-data to skip the bad items):\n  {shown}{more}"
         )
     pairs, bad_lines = read_pairs(root, subsets, split, strict=False)
-    bad_files = {p.path for p in problems}
-    kept = [p for p in pairs if not bad_files & {p.composite, p.mask, p.real}]
+    faults: dict[Path, list[str]] = {}
+    for problem in problems:
+        faults.setdefault(problem.path, []).append(problem.message)
     for item in bad_lines:
         log(f"skipped {item}")
-    for p in pairs:
-        if bad_files & {p.composite, p.mask, p.real}:
-            log(f"skipped {p.subset}/{p.name}: a file of this pair has a problem")
+    kept = []
+    for pair in pairs:
+        why = [f"{f}: {m}" for f in (pair.composite, pair.mask, pair.real) for m in faults.get(f, [])]
+        if why:
+            log(f"skipped {pair.subset}/{pair.name}: {'; '.join(why)}")
+        else:
+            kept.append(pair)
+    if len(kept) < len(pairs) + len(bad_lines):
+        log(f"skipped {len(pairs) + len(bad_lines) - len(kept)} bad {split} item(s); kept {len(kept)} pairs")
     if not kept:
         raise DatasetError(f"{root}: no usable {split} pairs")
     return kept

@@ -33,6 +33,7 @@ from giftnet.training.precision import autocast, make_optimizer, make_scaler, re
 from giftnet.training.syncbn import convert_sync_batchnorm
 from giftnet.weights import WeightsError, load_state_checked, load_weights, read_model_config
 from pipeline.loaders import make_train_loader
+from pipeline.pairs import DatasetError
 
 TEACHER_FILE, MODEL_FILE, BEST_FILE = "teacher.safetensors", "model.safetensors", "best-model.safetensors"
 
@@ -123,6 +124,11 @@ def load_teacher(ctx: Context) -> GiftNet:
     teacher = load_weights(path, ctx.device)
     if teacher.config.gift_sites:
         raise WeightsError(f"{path}: a teacher must be the plain backbone, but these weights have GIFT sites")
+    if teacher.config.base_channels != ctx.cfg.model.base_channels:
+        raise WeightsError(
+            f"{path}: the teacher has base_channels {teacher.config.base_channels}, "
+            f"but the model being trained has {ctx.cfg.model.base_channels}"
+        )
     if ctx.channels_last:
         teacher.to(memory_format=torch.channels_last)
     return teacher.eval().requires_grad_(False)
@@ -161,18 +167,30 @@ class LogWindow:
         return values, bad, worst
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, lost mount); the previous ones are intact."""
+
+
 def checkpoint(ctx, stage, model, optimizer, scaler, progress) -> None:
     path = ctx.run / checkpoint_name(stage, progress.step)
     if dist.is_main():
-        save_checkpoint(
-            path,
-            stage=stage,
-            model=unwrap(model),
-            optimizer=optimizer,
-            scaler=scaler,
-            progress=progress,
-            train_config=ctx.cfg.to_dict(),
-        )
+        try:
+            save_checkpoint(
+                path,
+                stage=stage,
+                model=unwrap(model),
+                optimizer=optimizer,
+                scaler=scaler,
+                progress=progress,
+                train_config=ctx.cfg.to_dict(),
+            )
+        except OSError as exc:  # atomic_write_bytes left the older checkpoints as they were
+            previous = latest_checkpoint(ctx.run)
+            kept = f"the last good checkpoint is {previous.name}" if previous else "no earlier checkpoint exists"
+            raise CheckpointWriteError(
+                exc.errno, f"cannot write checkpoint {path} ({exc.strerror or exc}); {kept}: "
+                f"free space, then continue with --resume {ctx.run}"
+            ) from exc  # fmt: skip
         prune(ctx.run, stage, ctx.cfg.keep_last)
     dist.barrier()
 
@@ -183,7 +201,10 @@ def resume_point(ctx: Context, stage: str, model, optimizer, scaler) -> Progress
     if path is None or read_metadata(path)["stage"] != stage:
         return Progress()
     meta = read_metadata(path)
-    saved = json.loads(meta["model_config"])
+    try:
+        saved = json.loads(meta["model_config"])
+    except (KeyError, ValueError) as exc:
+        raise WeightsError(f"{path}: damaged checkpoint metadata (model_config: {exc!r})") from None
     mine = unwrap(model).config.to_dict()
     if saved != mine:
         raise WeightsError(
@@ -224,11 +245,22 @@ def train_stage(
         device=ctx.device,
         backend=cfg.backend,
     )
-    epochs, loss_cfg = cfg.stage_epochs(stage), stage_loss_config(ctx, stage)
     step_model = torch.compile(model) if cfg.compile else model
-    monitor = Monitor(ctx.run, stage, epochs * len(loader), progress.step, dist.is_main())
-    window = LogWindow(ctx.device)
+    monitor = Monitor(ctx.run, stage, cfg.stage_epochs(stage) * len(loader), progress.step, dist.is_main())
     model.train()
+    try:
+        run_epochs(ctx, stage, model, step_model, teacher, loader, optimizer, scaler, progress, monitor, on_eval)
+    finally:
+        monitor.close()
+    return unwrap(model).eval(), progress
+
+
+def run_epochs(ctx, stage, model, step_model, teacher, loader, optimizer, scaler, progress, monitor, on_eval) -> None:
+    """The epochs of one stage from `progress` on. A file the loader cannot decode stops the run
+    with a checkpoint at the last completed step and a message naming the file."""
+    cfg = ctx.cfg
+    epochs, loss_cfg = cfg.stage_epochs(stage), stage_loss_config(ctx, stage)
+    window = LogWindow(ctx.device)
     try:
         for epoch in range(progress.epoch, epochs):
             for group in optimizer.param_groups:
@@ -253,9 +285,15 @@ def train_stage(
             if on_eval is not None and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < epochs:
                 on_eval(unwrap(model), progress)
                 model.train()
-    finally:
-        monitor.close()
-    return unwrap(model).eval(), progress
+    except DatasetError as exc:
+        saved = "the last checkpoint is kept"
+        if dist.world_size() == 1:  # under DDP the other ranks are not at a barrier
+            checkpoint(ctx, stage, model, optimizer, scaler, progress)
+            saved = f"checkpoint saved at step {progress.step}"
+        raise DatasetError(
+            f"{exc}\nstopped: {saved}. Fix or remove the file (`python -m pipeline.check DATA` decodes every "
+            f"image and lists all such files, or pass --skip-bad-data), then continue with --resume {ctx.run}"
+        ) from None
 
 
 def should_stop(ctx: Context, step: int) -> bool:

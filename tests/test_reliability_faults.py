@@ -1,0 +1,220 @@
+"""Faults (issue 8, item 3): repeated SIGKILLs, a full disk during a checkpoint, non-finite losses."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from giftnet import fileio
+from giftnet.config import ModelConfig
+from giftnet.model import build_teacher
+from giftnet.training import loop
+from giftnet.training.checkpoint import load_checkpoint, read_metadata
+from giftnet.training.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+# One intra-op thread here and in the trainers started: two test workers on two cores, each with
+# torch's default of one thread per core, spin-wait on each other and run ~10x slower.
+ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
+    "PYTHONPATH": str(ROOT),
+    "OMP_NUM_THREADS": "1",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from pipeline.synth import build_demo_dataset
+
+    root = build_demo_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_test=4, size=40, seed=0)
+    (root / "HSynth" / "HSynth_test.txt").unlink()  # no test split: no evaluation, a faster run
+    return root
+
+
+def args(data: Path, out: Path, *extra: str) -> list[str]:
+    """4 reconstruction steps, then 4 harmonization steps; a checkpoint and a stats line after every step."""
+    return [
+        "--data", str(data), "--out", str(out), "--epochs", "1", "--teacher-epochs", "1", "--batch-size", "4",
+        "--crop-size", "32", "--eval-size", "32", "--base-channels", "8", "--ckpt-every", "1", "--log-every", "1",
+        "--keep-last", "2", "--backend", "torch", "--workers", "0", "--eval-every", "0", *extra,
+    ]  # fmt: skip
+
+
+TOTAL_STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    assert main(args(tiny_data, out)) == 0
+    return out
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(a), load_file(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{k} differs between {a} and {b}"
+
+
+def stats_lines(out: Path) -> int:
+    try:
+        return len((out / "stats.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.slow
+def test_repeated_sigkills_at_random_steps_end_with_the_uninterrupted_weights(tiny_data, reference, tmp_path):
+    out = tmp_path / "killed"
+    kills = sorted(random.Random(8).sample(range(1, TOTAL_STEPS), 4))  # steps seen in stats.jsonl before a kill
+    for target in kills:
+        resume = ["--resume", str(out)] if (out / "config.json").exists() else []
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args(tiny_data, out), *resume],
+                                env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        end = time.monotonic() + 120
+        while stats_lines(out) < target:
+            if proc.poll() is not None:
+                pytest.fail(f"trainer ended before step {target}:\n{proc.stdout.read()}")
+            if time.monotonic() > end:
+                proc.kill()
+                pytest.fail(f"step {target} not reached in 120 s")
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)  # at any point: mid-step, mid-checkpoint, mid-log line
+        proc.wait()
+        proc.stdout.close()
+    assert main(["--resume", str(out)]) == 0
+    assert_same_weights(reference / "teacher.safetensors", out / "teacher.safetensors")
+    assert_same_weights(reference / "model.safetensors", out / "model.safetensors")
+    assert not list(out.glob(".*.tmp"))  # temporaries of killed writes are removed on resume
+    assert stats_lines(out) == TOTAL_STEPS  # the log was truncated to each resume point: no step twice
+
+
+class DiskFull:
+    """os.fsync that fails with ENOSPC for the temporary file of one checkpoint (as a full disk would)."""
+
+    def __init__(self, name_part: str) -> None:
+        self.name_part, self.real, self.failed = name_part, os.fsync, []
+
+    def __call__(self, fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if self.name_part in target and target.endswith(".tmp"):
+            self.failed.append(target)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.real(fd)
+
+
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch, where):
+    path = tmp_path / "weights.safetensors"
+    fileio.atomic_write_bytes(path, b"old contents")
+    if where == "fsync":
+        monkeypatch.setattr(fileio.os, "fsync", DiskFull("weights"))
+    else:
+        real_fdopen = os.fdopen
+
+        def fdopen(fd, *a, **kw):
+            f = real_fdopen(fd, *a, **kw)
+
+            class Full:
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *exc):
+                    f.close()
+
+                def write(self, data):
+                    f.write(data[: len(data) // 2])
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            return Full()
+
+        monkeypatch.setattr(fileio.os, "fdopen", fdopen)
+    with pytest.raises(OSError, match="No space left on device"):
+        fileio.atomic_write_bytes(path, b"new contents, longer than the old ones")
+    assert path.read_bytes() == b"old contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.safetensors"]
+
+
+def test_disk_full_during_a_checkpoint_is_reported_and_the_run_resumes_exactly(
+    tiny_data, reference, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "full"
+    disk = DiskFull("ckpt-reconstruction-000000003")
+    monkeypatch.setattr(fileio.os, "fsync", disk)
+    assert main(args(tiny_data, out, "--stage", "reconstruction")) == 1
+    err = capsys.readouterr().err
+    assert disk.failed, "the simulated full disk was never hit"
+    assert "Traceback" not in err
+    assert "cannot write checkpoint" in err and "ckpt-reconstruction-000000003" in err
+    assert "No space left on device" in err and "ckpt-reconstruction-000000002" in err and "--resume" in err
+    assert not list(out.glob(".*.tmp"))
+    assert not (out / "ckpt-reconstruction-000000003.safetensors").exists()
+    previous = out / "ckpt-reconstruction-000000002.safetensors"
+    assert read_metadata(previous)["stage"] == "reconstruction"  # intact and readable
+    model = build_teacher(ModelConfig(base_channels=8))
+    optimizer = torch.optim.Adam(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    progress = load_checkpoint(previous, model=model, optimizer=optimizer, scaler=scaler)
+    assert (progress.epoch, progress.batch, progress.step) == (0, 2, 2)
+    assert len(optimizer.state) == len(list(model.parameters()))
+    monkeypatch.undo()  # space was freed
+    assert main(["--resume", str(out)]) == 0
+    assert_same_weights(reference / "teacher.safetensors", out / "teacher.safetensors")  # stage 1 of the same run
+
+
+def nan_on_calls(bad_calls):
+    """A total_loss whose result is NaN on the given (1-based) calls, as a diverging step would give."""
+    real = loop.total_loss
+    calls = [0]
+
+    def total_loss(*a, **kw):
+        calls[0] += 1
+        parts = real(*a, **kw)
+        if bad_calls is None or calls[0] in bad_calls:
+            parts = dict(parts, total=parts["total"] * float("nan"))
+        return parts
+
+    return total_loss
+
+
+def test_a_non_finite_loss_is_skipped_and_reported(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(loop, "total_loss", nan_on_calls({2}))
+    out = tmp_path / "nan"
+    assert main(args(tiny_data, out, "--stage", "reconstruction", "--log-every", "2", "--ckpt-every", "2")) == 0
+    text = capsys.readouterr().out
+    assert "step 2: 1 step(s) with a non-finite loss were skipped (1 in all)" in text
+    assert [json.loads(line)["skipped"] for line in (out / "stats.jsonl").open()] == [1.0, 0.0]
+    weights = load_file(out / "teacher.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    last = sorted(out.glob("ckpt-reconstruction-*"))[-1]
+    assert load_file(last)["progress"].tolist()[3] == 1  # bad_steps is part of the resumable state
+
+
+def test_a_run_that_keeps_producing_non_finite_losses_stops_with_a_message(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(loop, "total_loss", nan_on_calls(None))
+    out = tmp_path / "diverged"
+    argv = args(tiny_data, out, "--stage", "reconstruction", "--log-every", "3", "--max-bad-steps", "3")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "3 consecutive steps had a non-finite loss (limit --max-bad-steps 3)" in err
+    assert "Traceback" not in err
+    assert not (out / "teacher.safetensors").exists()
