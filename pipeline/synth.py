@@ -26,7 +26,7 @@ from pipeline.synth_masks import random_mask
 from pipeline.synth_sources import Photo, folder_photos, load_photo, skimage_photos, source_files, split_photos
 
 SUBSET = "HSynth"
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 FMSE_RANGE = (100.0, 6000.0)  # accepted foreground MSE (0-255 scale); iHarmony4's composites average ~1387
 REF_SIZE = 64  # side of the reference crops whose colour statistics a transfer moves toward
 MAX_ASPECT = 1.5

@@ -2,7 +2,10 @@
 
 scikit-image ships a few real photographs inside its wheel (no download): astronaut, chelsea, coffee,
 rocket and the Middlebury motorcycle stereo pair. Photos are grouped (the two motorcycle views are
-one group) and whole groups go to train or test, so test pairs come from photos training never saw.
+one group). With many groups, whole groups go to train or test, so test pairs come from photos
+training never saw. With few (the bundled five), holding out whole photos leaves too little to
+learn from, so each photo is cut in two along its long side: test pairs are cropped from the last
+30%, training pairs from the rest, and no pixel of a test image is ever seen in training.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pipeline.pairs import DatasetError
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 TEST_EVERY = 5  # one photo group in five goes to the test split
+REGION_SPLIT_BELOW = 20  # fewer groups than this: split every photo into train and test regions
+TEST_FRACTION = 0.3  # of the long side, for region splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,14 +90,32 @@ def source_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in PHOTO_EXTS)
 
 
-def split_photos(photos: list[Photo]) -> dict[str, list[Photo]]:
-    """Whole groups to train or test (one group in TEST_EVERY, by a hash of the group name, at least one).
+def cut_region(array: np.ndarray, split: str) -> np.ndarray:
+    """The train part (first 70% of the long side) or the test part (the rest) of an image or mask."""
+    h, w = array.shape[:2]
+    if w >= h:
+        k = round(w * (1 - TEST_FRACTION))
+        return np.ascontiguousarray(array[:, :k] if split == "train" else array[:, k:])
+    k = round(h * (1 - TEST_FRACTION))
+    return np.ascontiguousarray(array[:k] if split == "train" else array[k:])
 
-    With a single group the two splits share it (test pairs still use crops and masks of their own).
-    """
+
+def _region_load(load: Callable[[], np.ndarray], split: str) -> np.ndarray:
+    return cut_region(load(), split)
+
+
+def region(photo: Photo, split: str) -> Photo:
+    """The part of `photo` that belongs to `split`."""
+    load_mask = functools.partial(_region_load, photo.load_mask, split) if photo.load_mask is not None else None
+    return Photo(photo.tag, photo.group, functools.partial(_region_load, photo.load, split), load_mask)
+
+
+def split_photos(photos: list[Photo]) -> dict[str, list[Photo]]:
+    """Train and test sources: whole groups (one in TEST_EVERY, by a hash of the group name, at least
+    one) when there are REGION_SPLIT_BELOW groups or more, else disjoint regions of every photo."""
     groups = sorted({p.group for p in photos})
-    if len(groups) < 2:
-        return {"train": list(photos), "test": list(photos)}
+    if len(groups) < REGION_SPLIT_BELOW:
+        return {split: [region(p, split) for p in photos] for split in ("train", "test")}
     test_groups = {g for g in groups if zlib.crc32(g.encode()) % TEST_EVERY == 0}
     if not test_groups or len(test_groups) == len(groups):
         test_groups = {groups[len(groups) // 2]}

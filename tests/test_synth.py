@@ -39,8 +39,24 @@ def test_layout_names_and_counts(demo):
         real_id, mask_id = split_name(pair.name)
         assert "-" in real_id and pair.real.stem == real_id and pair.mask.stem == mask_id
         assert min(Image.open(pair.real).size) == SIZE
-    # whole photos go to one split: the default test photo is never cropped for training
-    assert {p.name.split("-")[0] for p in test}.isdisjoint({p.name.split("-")[0] for p in train})
+    # few photos: every photo is cut in two, test crops come from its held-out part only
+    assert {p.name.split("-")[0] for p in test} <= {p.name.split("-")[0] for p in train}
+
+
+def test_region_split_holds_out_pixels_and_many_photos_hold_out_whole_photos():
+    from pipeline.synth_sources import Photo, cut_region, split_photos
+
+    image = np.arange(10 * 20).reshape(10, 20)
+    train, test = cut_region(image, "train"), cut_region(image, "test")
+    assert train.shape == (10, 14) and test.shape == (10, 6)
+    assert set(train.ravel()).isdisjoint(test.ravel())
+    assert np.array_equal(np.concatenate([train, test], axis=1), image)
+    assert cut_region(image.T, "test").shape == (6, 10)
+    few = split_photos([Photo("a", "a", lambda: image), Photo("b", "b", lambda: image)])
+    assert few["train"][0].load().shape == (10, 14) and few["test"][1].load().shape == (10, 6)
+    many = split_photos([Photo(f"p{i}", f"p{i}", lambda: image) for i in range(40)])
+    assert {p.group for p in many["train"]}.isdisjoint({p.group for p in many["test"]})
+    assert many["test"][0].load().shape == (10, 20)
 
 
 def test_passes_the_checker(demo):
@@ -99,7 +115,8 @@ def test_folder_source_with_annotated_masks(tmp_path):
         image = Image.fromarray(array).resize((64, 64))
         image.save(photos / "images" / f"image_{i}.jpg")
         mask = np.zeros((64, 64), np.uint8)
-        mask[16:48, 20:40] = 255
+        mask[16:48, 8:32] = 255  # in the training part (the first 70% of the width)
+        mask[16:48, 50:60] = 255  # and in the held-out part
         Image.fromarray(mask).save(photos / "masks" / f"image_{i}.png")
     assert main(["--out", str(tmp_path / "out"), "--source", str(photos), "--n-train", "4", "--n-test", "2"]) == 0
     root = tmp_path / "out"

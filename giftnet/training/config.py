@@ -52,7 +52,7 @@ class TrainConfig:
     keep_last: int = 3
     max_bad_steps: int = 50  # stop when this many consecutive steps have a non-finite loss
     skip_bad_data: bool = False
-    demo_pairs: tuple[int, int] = (320, 48)  # built-in dataset: train, test pairs
+    demo_pairs: tuple[int, int] = (640, 64)  # built-in dataset: train, test pairs
     demo_size: int = 128
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
@@ -120,8 +120,8 @@ class TrainConfig:
 # The CPU demo: `python train.py` with no --data trains on the built-in dataset in ~10 minutes.
 DEMO_PROFILE: dict[str, Any] = {
     "out": "runs/demo",
-    "epochs": 12,
-    "teacher_epochs": 4,
+    "epochs": 10,
+    "teacher_epochs": 2,
     "batch_size": 8,
     "crop_size": 64,
     "eval_size": 128,
