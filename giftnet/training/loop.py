@@ -232,8 +232,8 @@ def train_stage(
     model = prepare(ctx, build_stage_model(ctx, stage))
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.optimizer, ctx.device)
     scaler = make_scaler(ctx.precision, ctx.device)
+    torch.manual_seed(cfg.seed + dist.rank())  # per-rank; a resumed run restores the saved state instead
     progress = resume_point(ctx, stage, model, optimizer, scaler)
-    torch.manual_seed(cfg.seed + dist.rank())
     loader = make_train_loader(
         train_pairs,
         batch_size=per_rank_batch(cfg.batch_size),
