@@ -24,15 +24,6 @@ from giftnet.training.cli import main
 from giftnet.weights import save_weights
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two test workers on two cores: torch's default of a thread per core each would spin-wait ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     from pipeline.synth import build_demo_dataset

@@ -26,15 +26,6 @@ BACKENDS = ["torch", pytest.param("dali", marks=pytest.mark.skipif(dali_loader.D
                                                                      reason="DALI not importable"))]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two test workers on two cores: torch's default of a thread per core each would spin-wait ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _box() -> np.ndarray:
     mask = np.zeros((H, W), np.uint8)
     mask[8:32, 16:40] = 255

@@ -32,14 +32,6 @@ ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     from pipeline.synth import build_demo_dataset

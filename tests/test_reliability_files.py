@@ -25,15 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CFG = ModelConfig(base_channels=8, gift_sites=("E1",))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two test workers on two cores: torch's default of a thread per core each would spin-wait ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _metadata(path: Path) -> dict[str, str]:
     with safe_open(str(path), "pt") as f:
         return f.metadata()
