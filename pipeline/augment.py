@@ -90,6 +90,33 @@ def epoch_batches(
     return [order[b * batch_size : (b + 1) * batch_size] for b in range(start_batch, n)]
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """How one rank cuts every epoch into batches: the part both training loaders share."""
+
+    num_pairs: int
+    batch_size: int
+    seed: int
+    rank: int
+    world_size: int
+    drop_last: bool
+
+    def __len__(self) -> int:
+        return batches_per_epoch(self.num_pairs // self.world_size, self.batch_size, self.drop_last)
+
+    def batches(self, epoch: int, start_batch: int = 0) -> list[np.ndarray]:
+        return epoch_batches(
+            self.num_pairs,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            drop_last=self.drop_last,
+            start_batch=start_batch,
+        )
+
+
 def random_resized_crop(
     height: int, width: int, rng: np.random.Generator, scale: tuple[float, float], ratio: tuple[float, float]
 ) -> tuple[int, int, int, int]:

@@ -29,9 +29,8 @@ import numpy as np
 import torch
 
 from pipeline.augment import (
-    batches_per_epoch,
+    ShardPlan,
     check_same_size,
-    epoch_batches,
     image_size,
     read_mask,
     sample_crop,
@@ -248,11 +247,11 @@ class DaliTrainLoader:
         self.pairs = list(pairs)
         self._files = _PairFiles(self.pairs)
         self.batch_size, self.crop_size, self.seed = batch_size, crop_size, seed
-        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
-        self.device, self.drop_last = device, drop_last
+        self.num_workers, self.device = num_workers, device
+        self.plan = ShardPlan(len(self.pairs), batch_size, seed, rank, world_size, drop_last)
 
     def __len__(self) -> int:
-        return batches_per_epoch(len(self.pairs) // self.world_size, self.batch_size, self.drop_last)
+        return len(self.plan)
 
     def _sample(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
         comp, real, mask = self._files(index)
@@ -292,16 +291,7 @@ class DaliTrainLoader:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """The batches of `epoch` on this rank from `start_batch` on; skipped batches are not decoded."""
-        batches = epoch_batches(
-            len(self.pairs),
-            batch_size=self.batch_size,
-            seed=self.seed,
-            epoch=epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-            drop_last=self.drop_last,
-            start_batch=start_batch,
-        )
+        batches = self.plan.batches(epoch, start_batch)
         if not batches:
             return
         yield from _serve(

@@ -19,9 +19,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.augment import (
-    batches_per_epoch,
+    ShardPlan,
     check_same_size,
-    epoch_batches,
     read_mask,
     sample_crop,
 )
@@ -170,24 +169,15 @@ class TorchTrainLoader:
         drop_last: bool,
     ) -> None:
         self.dataset = TrainSet(pairs, crop_size=crop_size, seed=seed)
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.num_workers, self.device, self.drop_last = num_workers, device, drop_last
+        self.num_workers, self.device = num_workers, device
+        self.plan = ShardPlan(len(self.dataset), batch_size, seed, rank, world_size, drop_last)
 
     def __len__(self) -> int:
-        return batches_per_epoch(len(self.dataset) // self.world_size, self.batch_size, self.drop_last)
+        return len(self.plan)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """The batches of `epoch` on this rank from `start_batch` on; skipped batches are not decoded."""
-        batches = epoch_batches(
-            len(self.dataset),
-            batch_size=self.batch_size,
-            seed=self.seed,
-            epoch=epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-            drop_last=self.drop_last,
-            start_batch=start_batch,
-        )
+        batches = self.plan.batches(epoch, start_batch)
         if not batches:
             return
         keys = [[(int(i), epoch) for i in b] for b in batches]
