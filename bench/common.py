@@ -9,9 +9,11 @@ file; `bench.report` reads it back).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import importlib
+import json
 import math
 import os
 import platform
@@ -207,3 +209,24 @@ def read_results(path: Path = RESULTS_CSV) -> list[dict]:
         if missing:
             raise ValueError(f"{path}: not a results CSV, columns {sorted(missing)} are missing")
         return list(reader)
+
+
+def kernel_bench_main(
+    argv: list[str] | None,
+    description: str,
+    dtypes: Iterable[str],
+    run: Callable[..., list[dict]],
+    show: Callable[[list[dict]], None],
+) -> int:
+    """The command line both kernel benchmarks share: --tiny, --json, --dtype, --reps."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (CI smoke test)")
+    parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--dtype", choices=sorted(dtypes), help="input dtype (default bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--reps", type=int, help="timed repetitions per row (median reported)")
+    args = parser.parse_args(argv)
+    rows = run(args.tiny, args.dtype, args.reps)
+    show(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0

@@ -24,17 +24,14 @@ harness); Triton and torch.compile timings need a GPU and say so.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import machine
+from bench.common import kernel_bench_main, machine
 from kernels.masked_modconv import masked_modconv2d_reference
 
 SITES = {"E1": (32, 256), "E2": (64, 128), "E3": (128, 64), "E4": (256, 32), "D2": (64, 128), "D3": (32, 256)}
@@ -243,17 +240,7 @@ def _print(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes (CI smoke test)")
-    parser.add_argument("--json", type=Path, help="write the rows as JSON here")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="activation dtype (default bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--reps", type=int, help="timed repetitions per row (median reported)")
-    args = parser.parse_args(argv)
-    rows = run(args.tiny, args.dtype, args.reps)
-    _print(rows)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
-    return 0
+    return kernel_bench_main(argv, __doc__.splitlines()[0], DTYPES, run, _print)
 
 
 if __name__ == "__main__":
