@@ -35,6 +35,7 @@ from rich.table import Table
 from rich.text import Text
 from torch import nn
 
+from giftnet.errors import UsageError
 from giftnet.fileio import atomic_write_bytes
 from giftnet.metrics import image_metrics, to_255
 from giftnet.weights import WeightsError, load_weights
@@ -47,8 +48,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ALL = "all"
 
 
-class InputError(ValueError):
-    """A command-line argument that cannot work; the message names it (the CLIs exit with status 2)."""
+# A command-line argument that cannot work; the message names it (the CLIs exit with status 2).
+InputError = UsageError
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -1,28 +1,120 @@
-"""Atomic file writes: a crash or a full disk never leaves a half-written file in place."""
+"""Every file the engine writes, and every user file it opens, goes through here.
+
+Writes are atomic: the bytes go to a temporary beside the target, are fsynced and renamed over it,
+so a crash, a full disk or an encoder that fails leaves the previous file intact. New files get
+the permissions the user's umask gives (0666 & ~umask), not mkstemp's 0600, so teammates on shared
+storage can read weights. Appends (logs) write whole lines with one `write` and fsync.
+
+Inputs: `check_regular_file` refuses FIFOs, devices and folders before anything opens them (a
+FIFO would block forever), and `refuse_overwrite_input` refuses an output that is (the same file
+as) one of the inputs, hard links included.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+from giftnet.errors import UsageError
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it back at once (single-threaded at start-up).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open a temporary beside `path` for binary writing; on success fsync and rename it over `path`.
+
+    On any exception the temporary is removed and `path` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_writer`)."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line with a single write and fsync, so a crash leaves at most one cut last line.
+
+    Readers of such logs must drop (or repair) a last line without its newline.
+    """
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        os.fsync(dir_fd)
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"{path}: short write while appending ({written} of {len(data)} bytes)")
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def check_regular_file(path: str | os.PathLike, what: str) -> Path:
+    """Return `path` if it is an existing regular file (links followed); else UsageError naming `what`.
+
+    Called before opening any user-given input, so a FIFO or a device never blocks the program.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise UsageError(f"{what} {path}: {kind}")
+    return path
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True if both paths exist and name the same file (symbolic and hard links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_overwrite_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], what: str) -> None:
+    """UsageError if `output` is (the same file as) any of `inputs`: an output never replaces an input."""
+    for item in inputs:
+        if same_file(output, item):
+            raise UsageError(f"{what} {output} is the input {item}; choose another output path")

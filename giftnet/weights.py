@@ -15,14 +15,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from giftnet.config import ModelConfig
+from giftnet.errors import WeightsError
 from giftnet.fileio import atomic_write_bytes
 from giftnet.model import GiftNet
 
 FORMAT = "giftnet-weights"
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used; the message names the file."""
 
 
 def save_weights(model: GiftNet, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from giftnet.errors import DataError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DatasetError(ValueError):
-    """A problem with the data on disk; the message names the file (or list line) at fault."""
+# A problem with the data on disk; the message names the file (or list line) at fault.
+DatasetError = DataError
 
 
 @dataclasses.dataclass(frozen=True)

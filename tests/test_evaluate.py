@@ -17,6 +17,7 @@ from torch import nn
 
 from giftnet.config import ModelConfig
 from giftnet.evaluate import evaluate, format_table, main
+from giftnet.errors import UsageError
 from giftnet.metrics import image_metrics
 from giftnet.model import GiftNet
 from giftnet.weights import load_weights, save_weights
