@@ -16,8 +16,8 @@ from rich.console import Console
 from torch import nn
 
 from giftnet.config import ModelConfig
-from giftnet.evaluate import evaluate, format_table, main
 from giftnet.errors import UsageError
+from giftnet.evaluate import evaluate, format_table, main
 from giftnet.metrics import image_metrics
 from giftnet.model import GiftNet
 from giftnet.weights import load_weights, save_weights
@@ -217,5 +217,5 @@ def test_bf16_autocast_close_to_fp32(data_root: Path) -> None:
     bf16 = run(model, pairs, precision="bf16", progress=True)["model"]["all"]
     for k in ("mse", "fmse", "psnr", "fssim"):
         assert bf16[k] == pytest.approx(fp32[k], rel=0.05), k
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(UsageError, match="precision must be one of"):
         run(model, pairs, precision="fp8")
