@@ -122,8 +122,8 @@ def _open(path: Path) -> Image.Image:
             image = Image.open(path)
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file Pillow can read") from None
-    except Image.DecompressionBombError:
-        raise DataError(f"{path}: declares more than {MAX_PIXELS} pixels, the decoder's budget") from None
+    except Image.DecompressionBombError as err:  # Pillow's own limit, met while parsing the header
+        raise DataError(f"{path}: {err}; over the decoder's budget of {MAX_PIXELS} pixels") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: unreadable or truncated image ({err})") from None
     width, height = image.size
