@@ -122,7 +122,7 @@ def _check_mask(path: Path, decode: bool) -> _FileInfo:
     if header.sixteen_bit or header.mode == "I":
         notes.append("16-bit mask; readers scale it to 0-1")
     if header.orientation != 1:
-        notes.append(f"rotated by EXIF (orientation {header.orientation}), as its photos are")
+        notes.append(f"rotated by EXIF (orientation {header.orientation}) before use")
     if notes:
         problems.append(Problem("warning", path, f"{'; '.join(notes)} (mode {header.mode})"))
     mask = mask_from_channels(colour, alpha)
