@@ -1,7 +1,7 @@
 """The one image decoder and writer of the package: checker, both loaders, evaluate and harmonize use it.
 
 Policy, decided from the file's header before any pixel is allocated:
-- size: a file declaring more than MAX_PIXELS pixels is refused (a 74-byte PNG can declare 10^10);
+- size: a file declaring more than MAX_PIXELS pixels is refused (a PNG of under 100 bytes can declare 10^10);
 - EXIF orientation (JPEG, TIFF, WebP, and PNG's eXIf chunk before the pixel data) is applied, so a
   rotated photo stays aligned with its mask whoever reads it;
 - 16-bit samples (grayscale or RGB) keep their top 8 bits (v >> 8: 65535 -> 255, 257 k -> k), which

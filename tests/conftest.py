@@ -35,5 +35,5 @@ def png_bytes(width: int, height: int, depth: int, colour_type: int, raw_rows: b
 
 @pytest.fixture
 def bomb_png() -> bytes:
-    """74 bytes declaring 100000 x 100000 8-bit gray pixels (one row of data)."""
+    """A 68-byte PNG declaring 100000 x 100000 8-bit gray pixels (one row of data)."""
     return png_bytes(100_000, 100_000, 8, 0, b"\x00" * 16)
