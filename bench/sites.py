@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import sys
 from pathlib import Path
 
@@ -237,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     for t in SKIP_TILES:
         parse_tile(t)
-    command = "python -m bench.sites " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    # Mask sources appear by their last three path components: where a data set lives is local.
+    shown = ["--masks .../" + "/".join(Path(m).parts[-3:]) for m in args.masks] + [f"--out {args.out}"]
+    command = "python -m bench.sites " + " ".join(shown)
     atomic_write_text(args.out, build_report(stats, command))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
