@@ -1,7 +1,7 @@
 """Count what an eager PyTorch formulation launches: ops, bytes and FLOPs, on meta tensors.
 
 `trace(fn)` runs `fn` under a dispatch mode that sees every ATen op below autograd, backward
-included. Each op that computes (views and aliasing metadata ops are skipped) counts as one
+included. Each op that computes (views, aliasing metadata ops and bare allocations are skipped) is one
 launch that reads each distinct input tensor and writes each output once from DRAM: the eager
 model, where nothing stays in a cache between ops. Broadcast (stride-0) inputs count their
 distinct elements only. FLOPs: convolutions and matmuls by torch's own FLOP formulas (tensor-core
@@ -74,6 +74,10 @@ def _conv_flops(packet, args, out) -> int:
     return flops
 
 
+# Allocations without a fill launch no kernel.
+_ALLOCATIONS = (torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.empty_strided)
+
+
 class _Tracer(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -82,10 +86,12 @@ class _Tracer(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if _is_view(func):
+        if _is_view(func) or func._overloadpacket in _ALLOCATIONS:
             return out
         ins = {id(t): t for t in _tensors((args, kwargs))}
         written = _tensors(out)  # an in-place op's output is its input: read and written
+        if not written:  # e.g. aten.promote_types: host-side, no kernel
+            return out
         dram = sum(_distinct_bytes(t) for t in ins.values()) + sum(_distinct_bytes(t) for t in written)
         packet = func._overloadpacket
         if packet in (torch.ops.aten.convolution, torch.ops.aten.convolution_backward):
