@@ -82,9 +82,9 @@ def _cost_table(title: str, rows_by_site: dict[str, dict], ref: str, feat_mb: di
     out = [f"### {title}", ""]
     out.append(
         "| site | impl | fwd MB | bwd MB | feature passes | GFLOP (tensor) | launches | L2 req. MB "
-        f"| est. us {g0.name} | x vs {ref} | est. us {g1.name} | x vs {ref} | L2 GB/s needed {g0.name} / {g1.name} |"
+        f"| est. us {g0.name} | x vs {ref} | est. us {g1.name} | x vs {ref} | L2 GB/s needed {g0.name} / {g1.name} | launch-floor share {g1.name} |"
     )
-    out.append("|" + "---|" * 13)
+    out.append("|" + "---|" * 14)
     for site, rows in rows_by_site.items():
         for impl, per in rows.items():
             a0, a1 = per[g0.name], per[g1.name]
@@ -98,7 +98,7 @@ def _cost_table(title: str, rows_by_site: dict[str, dict], ref: str, feat_mb: di
             out.append(
                 f"| {site} | {impl} | {_mb(fwd['dram'])} | {_mb(bwd['dram'])} | {passes:.1f} "
                 f"| {all0['tc_flops'] / 1e9:.1f} | {fwd['launches']}+{bwd['launches']} | {_mb(a0['all']['l2'])} "
-                f"| {us0:,.0f} | {r0:.2f} | {us1:,.0f} | {r1:.2f} | {l2_need} |"
+                f"| {us0:,.0f} | {r0:.2f} | {us1:,.0f} | {r1:.2f} | {l2_need} | {a1['all']['floor_us'] / us1:.0%} |"
             )
     return [*out, ""]
 
@@ -198,7 +198,10 @@ def build_report(stats: dict[str, dict], command: str) -> str:
         "today's Triton kernels (each program reloads its input tile for each of the 9 taps and",
         "each output-channel tile), an upper bound as L1 may serve some. 'L2 GB/s needed' is the",
         "L2 bandwidth at which those requests take as long as the roofline time: above the GPU's",
-        "real L2 bandwidth the kernel is L2-bound, not DRAM- or tensor-bound.",
+        "real L2 bandwidth the kernel is L2-bound, not DRAM- or tensor-bound. Launch-floor share:",
+        f"the part of the estimated time spent in launches too small to reach a roofline (the {LAUNCH_FLOOR_US:g} us",
+        "floor decides them): on the H200 the small torch ops around today's kernels weigh more than",
+        "the kernels' own traffic at some sites, and the skip bounds below are limited by them.",
         "",
     ]
     lines += _cost_table("Relation-distillation loss, fwd+bwd per call", rel, "eager", feat_mb)

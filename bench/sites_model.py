@@ -84,6 +84,8 @@ def total(launches: list[Launch], gpu: Gpu | None = None) -> dict[str, float]:
     out["l2"] = sum(l2) if l2 else math.nan
     if gpu is not None:
         out["us"] = sum(launch_us(x, gpu) for x in launches)
+        # time spent in launches too small to reach any roofline (the floor decides them)
+        out["floor_us"] = sum(launch_us(x, gpu) for x in launches if launch_us(x, gpu, 0.0) < LAUNCH_FLOOR_US * x.count)
     return out
 
 
