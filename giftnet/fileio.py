@@ -16,11 +16,15 @@ import contextlib
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from giftnet.errors import UsageError, UserError
+
+# Inert unless set: tests set it to kill a process while a temporary is complete but not yet renamed.
+_TEST_WRITE_DELAY_S = float(os.environ.get("GIFTNET_TEST_WRITE_DELAY_S", "0") or 0)
 
 
 def _umask() -> int:
@@ -53,6 +57,8 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if _TEST_WRITE_DELAY_S:
+            time.sleep(_TEST_WRITE_DELAY_S)  # tests: widen the window in which a kill meets a temporary
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
