@@ -164,19 +164,19 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--per-foreground must be >= 1, got {args.per_foreground}")
     with contextlib.ExitStack() as stack:
 
-        def unpack(path: Path | None, what: str) -> Path | None:
-            return None if path is None else stack.enter_context(folder_or_zip(path, what))
+        def unpack(path: Path, what: str) -> Path:
+            return stack.enter_context(folder_or_zip(path, what))
 
         report = build_cc_dataset(
             unpack(args.photos, "--photos"),
             unpack(args.masks, "--masks"),
-            None if args.matrices else unpack(args.patches, "--patches"),
+            None if args.matrices or args.patches is None else unpack(args.patches, "--patches"),
             args.out,
             subset=args.subset,
             per_foreground=args.per_foreground,
             train_list=args.train_list,
             test_list=args.test_list,
-            matrices=unpack(args.matrices, "--matrices"),
+            matrices=None if args.matrices is None else unpack(args.matrices, "--matrices"),
             max_side=args.max_side or None,
             seed=args.seed,
         )

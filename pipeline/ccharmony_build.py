@@ -116,7 +116,7 @@ def _fit_mask(mask: np.ndarray, shape: tuple[int, int], path: Path) -> np.ndarra
     if abs(mask.shape[0] / mask.shape[1] - shape[0] / shape[1]) > 0.02 * shape[0] / shape[1]:
         raise DatasetError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, photo is {shape[1]}x{shape[0]}")
     image = Image.fromarray((mask > 0.5).astype(np.uint8) * 255, "L")
-    return np.asarray(image.resize((shape[1], shape[0]), Image.NEAREST)) > 127
+    return np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 127
 
 
 def _load_photo(path: Path, max_side: int | None) -> np.ndarray:
@@ -124,7 +124,7 @@ def _load_photo(path: Path, max_side: int | None) -> np.ndarray:
     if max_side and max(rgb.shape[:2]) > max_side:
         scale = max_side / max(rgb.shape[:2])
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BICUBIC))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC))
     return rgb
 
 

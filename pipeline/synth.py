@@ -49,12 +49,14 @@ def _crop(photo: Photo, short: int, rng: np.random.Generator, keep_mask: bool) -
         box = (x0, y0, x0 + box_w, y0 + box_h)
         if mask is None or not keep_mask:
             break
-        crop_mask = _resize(mask, box, (out_w, out_h), Image.NEAREST) > 127
+        crop_mask = _resize(mask, box, (out_w, out_h), Image.Resampling.NEAREST) > 127
         if ANNOTATED_AREA[0] <= crop_mask.mean() <= ANNOTATED_AREA[1]:
             break
     flip = bool(rng.integers(2))
-    real = _resize(rgb, box, (out_w, out_h), Image.BICUBIC)
-    kept = _resize(mask, box, (out_w, out_h), Image.NEAREST) > 127 if mask is not None and keep_mask else None
+    real = _resize(rgb, box, (out_w, out_h), Image.Resampling.BICUBIC)
+    kept = (
+        _resize(mask, box, (out_w, out_h), Image.Resampling.NEAREST) > 127 if mask is not None and keep_mask else None
+    )
     if kept is not None and not ANNOTATED_AREA[0] <= kept.mean() <= ANNOTATED_AREA[1]:
         kept = None  # the annotated object is (nearly) absent or fills the crop: draw a mask instead
     if flip:
@@ -63,7 +65,9 @@ def _crop(photo: Photo, short: int, rng: np.random.Generator, keep_mask: bool) -
     return np.ascontiguousarray(real), None if kept is None else np.ascontiguousarray(kept)
 
 
-def _resize(array: np.ndarray, box: tuple[float, ...], size: tuple[int, int], resample: int) -> np.ndarray:
+def _resize(
+    array: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int], resample: int
+) -> np.ndarray:
     image = Image.fromarray(array.astype(np.uint8) * (255 if array.dtype == bool else 1))
     return np.asarray(image.resize(size, resample, box=box))
 
@@ -72,7 +76,7 @@ def _reference(photos: list[Photo], rng: np.random.Generator) -> np.ndarray:
     """Pixels of an object region of another random crop: the colour target of a transfer."""
     photo = photos[int(rng.integers(len(photos)))]
     rgb, _ = _crop(photo, REF_SIZE, rng, keep_mask=False)
-    mask, _ = random_mask(*rgb.shape[:2], rng)
+    mask, _ = random_mask(rgb.shape[0], rgb.shape[1], rng)
     return rgb[mask]
 
 
@@ -108,7 +112,9 @@ def _write_split(
         write_jpeg(scratch / REAL_DIR / f"{real_id}.jpg", real)
         n_masks = 1 if annotated is not None else 1 + int(rng.integers(2))
         for k in range(1, n_masks + 1):
-            mask, shape = (annotated, "annotated") if annotated is not None else random_mask(*real.shape[:2], rng)
+            mask, shape = (
+                (annotated, "annotated") if annotated is not None else random_mask(real.shape[0], real.shape[1], rng)
+            )
             write_mask(scratch / MASK_DIR / f"{real_id}_{k}.png", mask)
             for j in range(1, 2 + int(rng.integers(2))):
                 if len(names) == n:
