@@ -278,7 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fixed: size x size (iSSAM's Fixed256); longest1024: longest side at most 1024; full: full resolution",
     )
     p.add_argument(
-        "--psnr-peak", choices=PSNR_PEAKS, default="max", help="PSNR peak: the real image's max (iSSAM) or 255 (PCT-Net)"
+        "--psnr-peak",
+        choices=PSNR_PEAKS,
+        default="max",
+        help="PSNR peak: the real image's max (iSSAM) or 255 (PCT-Net)",
     )
     p.add_argument(
         "--fssim-range",

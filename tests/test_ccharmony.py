@@ -53,7 +53,7 @@ def test_fit_reproduces_released_matrices(name):
 
 
 def test_non_reproducing_forward_matrix_is_not_the_least_squares_fit():
-    """design.md: 340 of 350 forward matrices reproduce. For the others the released matrix fits the released
+    """docs/data.md: 340 of 350 forward matrices reproduce. For the others the released matrix fits the released
     patch colours worse than our least-squares fit does, so it was fit to other measurements; the reverse
     matrix of the same photo reproduces, and our fit maps the patches to the standard within a few levels."""
     patches, forward, reverse = _released(NOT_REPRODUCING)

@@ -21,7 +21,9 @@ def test_mse_fmse_psnr_by_hand():
     assert psnr(pred, gt).item() == pytest.approx(10 * math.log10(200.0**2 / 50.0), rel=1e-6)
     assert psnr(pred, gt, peak="255").item() == pytest.approx(10 * math.log10(255.0**2 / 50.0), rel=1e-6)
     assert fpsnr(pred, gt, mask).item() == pytest.approx(10 * math.log10(200.0**2 * 13.5 / 1200.0), rel=1e-6)
-    assert fpsnr(pred, gt, mask, peak="255").item() == pytest.approx(10 * math.log10(255.0**2 * 13.5 / 1200.0), rel=1e-6)
+    assert fpsnr(pred, gt, mask, peak="255").item() == pytest.approx(
+        10 * math.log10(255.0**2 * 13.5 / 1200.0), rel=1e-6
+    )
 
 
 def test_ssim_of_constant_images_by_hand():
