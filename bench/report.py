@@ -114,7 +114,8 @@ def roofline_png(gpu_runs: list[tuple[tuple, dict]], path: Path) -> str:
     if own and own is not RTX3090:
         _roof(ax, np, own, "--")
     colours = {"triton": "#c44e52", "triton-cl": "#dd8452", "compile": "#55a868", "eager": "#4c72b0"}
-    levels, relation = [], defaultdict(dict)
+    levels: list = []
+    relation: defaultdict[str, dict] = defaultdict(dict)
     for key, configs in gpu_runs:
         if key[0] != machine:
             continue
@@ -179,10 +180,10 @@ def add_json(kind: str, path: Path, results: Path) -> None:
         from bench.kernels import record_csv
     elif kind == "data":
 
-        def record_csv(rows: list[dict], out: Path) -> None:
+        def record_csv(rows: list[dict], path: Path) -> None:
             for row in rows:
                 row["size"] = f"b{row.get('batch_size')} {row.get('crop_size')}px"
-            append_results(csv_records("data", rows, ("backend", "size"), DATA_METRICS), out)
+            append_results(csv_records("data", rows, ("backend", "size"), DATA_METRICS), path)
     else:
         raise ValueError(f"--add {kind}=...: kind must be train, kernels or data")
     record_csv(rows, results)
