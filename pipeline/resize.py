@@ -42,10 +42,10 @@ def cv2_linear_resize_u8(image: np.ndarray, height: int, width: int) -> np.ndarr
     """cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR) for uint8 HxW or HxWxC.
 
     OpenCV's 8-bit bilinear runs two fixed-point passes: horizontally, integer weights summing
-    to 2048 give 2^11-scaled sums; vertically its SIMD kernel (every row of the sizes we use is a
-    multiple of 16 values, so all of it takes that path) shifts each sum right by 4, takes the
-    high 16 bits of its product with the 2^11 row weight, adds the two and rounds off 2 more bits.
-    An exact 2x reduction goes through INTER_AREA in OpenCV, which gives the same numbers.
+    to 2048 give 2^11-scaled sums; vertically its vectorised kernel shifts each sum right by 4,
+    takes the high 16 bits of its product with the 2^11 row weight, adds the two and rounds off
+    2 more bits (tests/test_resize.py checks this against OpenCV for any row length). An exact
+    2x reduction goes through INTER_AREA in OpenCV, which gives the same numbers.
     """
     if image.dtype != np.uint8:
         raise TypeError(f"cv2_linear_resize_u8 takes uint8, got {image.dtype}")
