@@ -2,7 +2,7 @@
 
 Every figure we publish carries the machine (GPU name, or CPU name on a CPU-only run), the git
 revision and the UTC date; `machine()` gathers them. `PEAKS` holds the roofline numbers of
-design.md section 8, looked up by a substring of the GPU's name. `append_results` adds rows to
+docs/kernels.md ("Rooflines"), looked up by a substring of the GPU's name. `append_results` adds rows to
 bench/results/results.csv (one line per figure, so benchmarks with different figures share one
 file; `bench.report` reads it back).
 """
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS_CSV = REPO / "bench" / "results" / "results.csv"
 CSV_COLUMNS = ("machine", "git", "date", "benchmark", "config", "metric", "value", "note")
 
-# Roofline numbers (design.md section 8), matched by a substring of torch.cuda.get_device_name().
+# Roofline numbers (docs/kernels.md, "Rooflines"), matched by a substring of torch.cuda.get_device_name().
 PEAKS: dict[str, dict] = {
     "3090": {"name": "RTX 3090", "gbps": 936.0, "bf16_tflops": 71.0, "source": "specification (sm_86)"},
     "H200": {"name": "H200", "gbps": 4300.0, "bf16_tflops": 790.0, "source": "measured copy / bf16 matmul"},

@@ -41,7 +41,7 @@ def make_triplets(root: Path, n: int, *, min_side: int, max_side: int, seed: int
     pairs = []
     for k in range(n):
         h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
-        low = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+        low = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
         real = np.clip(np.asarray(low, np.float32) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
         mask = Image.new("L", (w, h))
         cx, cy, rx, ry = (
@@ -97,7 +97,7 @@ def compare(
             pairs, batch_size=batch_size, crop_size=crop_size, num_workers=workers, device=device, backend=name
         )
         _timed_epoch(loaders[name], 0, device, max_batches=max(2, len(loaders[name]) // 2))  # warm-up
-    totals = {name: [0, 0.0] for name in loaders}
+    totals: dict[str, list[float]] = {name: [0, 0.0] for name in loaders}
     for epoch in range(1, epochs + 1):
         order = list(loaders) if epoch % 2 else list(reversed(loaders))
         for name in order:
@@ -105,8 +105,8 @@ def compare(
             totals[name][0] += n
             totals[name][1] += seconds
             rows[name].setdefault("epoch_pairs_per_s", []).append(round(n / seconds, 1))
-    for name, (n, seconds) in totals.items():
-        rows[name]["pairs_per_s"] = round(n / seconds, 1)
+    for name, (count, elapsed) in totals.items():
+        rows[name]["pairs_per_s"] = round(count / elapsed, 1)
     base = rows["torch"]["pairs_per_s"]
     for row in rows.values():
         row["vs_torch"] = round(row["pairs_per_s"] / base, 2) if row["pairs_per_s"] else None

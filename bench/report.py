@@ -114,7 +114,8 @@ def roofline_png(gpu_runs: list[tuple[tuple, dict]], path: Path) -> str:
     if own and own is not RTX3090:
         _roof(ax, np, own, "--")
     colours = {"triton": "#c44e52", "triton-cl": "#dd8452", "compile": "#55a868", "eager": "#4c72b0"}
-    levels, relation = [], defaultdict(dict)
+    levels: list = []
+    relation: defaultdict[str, dict] = defaultdict(dict)
     for key, configs in gpu_runs:
         if key[0] != machine:
             continue
@@ -153,7 +154,7 @@ def roofline_png(gpu_runs: list[tuple[tuple, dict]], path: Path) -> str:
     if machine:
         caption = (
             f"Points measured on **{machine}** (git `{gpu_runs[0][0][1]}`, {gpu_runs[0][0][2]}). "
-            "The RTX 3090 roof is drawn from its specification (design.md section 8)"
+            "The RTX 3090 roof is drawn from its specification (docs/kernels.md, Rooflines)"
             + ("; the dashed roof is the measuring GPU's." if own and own is not RTX3090 else ".")
         )
     else:
@@ -179,10 +180,10 @@ def add_json(kind: str, path: Path, results: Path) -> None:
         from bench.kernels import record_csv
     elif kind == "data":
 
-        def record_csv(rows: list[dict], out: Path) -> None:
+        def record_csv(rows: list[dict], path: Path) -> None:
             for row in rows:
                 row["size"] = f"b{row.get('batch_size')} {row.get('crop_size')}px"
-            append_results(csv_records("data", rows, ("backend", "size"), DATA_METRICS), out)
+            append_results(csv_records("data", rows, ("backend", "size"), DATA_METRICS), path)
     else:
         raise ValueError(f"--add {kind}=...: kind must be train, kernels or data")
     record_csv(rows, results)
@@ -304,8 +305,8 @@ def kernels_section(runs: dict, out_dir: Path) -> list[str]:
         return [*out, "No kernel results yet.", ""]
     for key, configs in found:
         out += [f"{_title(key)} ({key[3]}, fwd+bwd)", ""]
-        out += ["| where impl mode dtype | ms | TFLOP/s | GB/s | of peak | vs eager | vs compile |"]
-        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        out += ["| where | impl | mode | dtype | ms | TFLOP/s | GB/s | of peak | vs eager | vs compile |"]
+        out.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
         skipped: dict[str, set] = defaultdict(set)
         for name, fig in configs.items():
             if " fwd+bwd " not in f" {name} ":
@@ -313,8 +314,9 @@ def kernels_section(runs: dict, out_dir: Path) -> list[str]:
             if "ms" not in fig:
                 skipped[fig.get("skipped") or fig.get("error") or "no result"].add(name.split()[1])
                 continue
+            where = " | ".join(name.split(maxsplit=3))  # "E1 triton fwd+bwd float32": one column each
             out.append(
-                f"| {name} | {_v(fig, 'ms', '.3f')} | {_v(fig, 'tflops', '.3g')} | {_v(fig, 'gbps', '.4g')} | "
+                f"| {where} | {_v(fig, 'ms', '.3f')} | {_v(fig, 'tflops', '.3g')} | {_v(fig, 'gbps', '.4g')} | "
                 f"{_v(fig, 'peak_fraction', '.0%')} | {_v(fig, 'vs_eager', '.2f')} | {_v(fig, 'vs_compile', '.2f')} |"
             )
         out += ["", *(f"Skipped {', '.join(sorted(impls))}: {why}" for why, impls in skipped.items())]

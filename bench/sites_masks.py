@@ -11,8 +11,8 @@ are N consecutive pixels in row-major order (today's kernels tile flattened h * 
 
 from __future__ import annotations
 
-import io
 import re
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from giftnet.errors import DataError, UsageError
 from giftnet.fileio import check_regular_file
 from giftnet.gift import resize_mask
+from pipeline.images import read_mask
 
 IMAGE = 256
 TILES = ("8x8", "16x16", "8x32", "32x8", "32x32", "flat64", "flat128")
@@ -71,14 +71,14 @@ def fixed256(mask: np.ndarray) -> torch.Tensor:
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im)
-    except (OSError, ValueError) as exc:  # PIL's decode failures
-        raise DataError(f"{name}: not a readable mask image ({exc})") from exc
-    if arr.ndim == 3:
-        arr = arr[..., 0]  # masks store the foreground in channel 0 (RGB masks repeat it)
-    return arr.astype(np.float32) / 255.0
+    """A mask as every reader of the engine sees it (pipeline.images.read_mask), from its bytes."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(name).name
+        path.write_bytes(data)
+        try:
+            return read_mask(path)
+        except DataError as exc:
+            raise DataError(f"{name}: not a readable mask image ({exc})") from None
 
 
 def iter_masks(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:

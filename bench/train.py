@@ -14,7 +14,7 @@ alike. Every segment opens a fresh loader iterator (worker start-up and pipeline
 its warm-up steps), then times `--steps` steps with the GPU synchronised at both ends; data
 loading is inside the clock. Model FLOPs per image are counted with FlopCounterMode over one
 step of a) (student forward + backward, teacher forward); MFU is achieved model FLOP/s over the
-GPU's dense bf16 peak (design.md section 8), for every row alike. Peak memory (CUDA only) is
+GPU's dense bf16 peak (docs/kernels.md, "Rooflines"), for every row alike. Peak memory (CUDA only) is
 the segment's peak allocation above what was resident at its start, plus this configuration's
 own weights and optimizer state. Without CUDA, rows c and e are skipped with the reason, and d
 runs when DALI imports (CPU decoding, reference ops).

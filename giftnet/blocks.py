@@ -64,6 +64,7 @@ class SpatialSeparatedAttention(nn.Module):
         self.learning_block = nn.Sequential(
             ConvBlock(channels, mid, norm=True, bias=False), ConvBlock(mid, channels, norm=True, bias=False)
         )
+        self.blur: torch.Tensor
         self.register_buffer("blur", gaussian_kernel(7, 1.0), persistent=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

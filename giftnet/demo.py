@@ -29,7 +29,7 @@ def demo_pair(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(composite, mask, real) as float 0-255 / 0-1 tensors of shape (1, C, size, size)."""
     from skimage import data
 
-    photo = Image.fromarray(data.astronaut()).resize((size, size), Image.BICUBIC)
+    photo = Image.fromarray(data.astronaut()).resize((size, size), Image.Resampling.BICUBIC)
     real = torch.from_numpy(np.asarray(photo, dtype=np.float32)).permute(2, 0, 1)[None]
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     mask = ((((xx + 0.05) / 0.38) ** 2 + ((yy + 0.35) / 0.45) ** 2) <= 1).float()[None, None]

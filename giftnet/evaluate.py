@@ -1,10 +1,12 @@
-"""`python -m giftnet.evaluate`: the paper's Table 1 (MSE, fMSE, PSNR, fSSIM per subset and All).
+"""`python -m giftnet.evaluate`: the paper's Table 1 (MSE, fMSE, PSNR, fPSNR, fSSIM per subset and All).
 
-The "Fixed256" protocol of design.md section 6: composite, real image and mask resized to
-`size` x `size` by pipeline.loaders.make_eval_loader; the prediction de-normalised to 0-255 and
-clamped (not rounded); metrics per image from giftnet.metrics (PSNR peak = the real image's max,
-iSSAM's convention); a row is the mean over its images and "All" the mean over every image of
-every subset. The composite itself is scored the same way as the baseline row.
+Protocols (giftnet.protocols, docs/metrics.md): "fixed" resizes composite, real image and mask
+to `size` x `size` (iSSAM's "Fixed256" at 256, the default), "longest1024" and "full" score at
+(at most) 1024 px or at full resolution. The prediction is de-normalised to 0-255 and clamped
+(not rounded); metrics per image from giftnet.metrics (PSNR peak: the real image's max, iSSAM's
+convention, or 255; fSSIM data range: the prediction's max - min, CDTNet's, or 255); a row is
+the mean over its images and "All" the mean over every image of every subset. The composite
+itself is scored the same way as the baseline row.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from torch import nn
 from giftnet.errors import UsageError, run_cli
 from giftnet.fileio import InputGuard, atomic_write_text, output_errors
 from giftnet.imagenet import to_255
-from giftnet.metrics import image_metrics
+from giftnet.metrics import FSSIM_RANGES, PSNR_PEAKS, image_metrics
+from giftnet.protocols import PROTOCOLS, Protocol, at_original_size, pad_to_multiple, protocol_loader, settings
 from giftnet.runtime import (  # re-exported: the names this module held before giftnet.runtime
     PRECISIONS,
     autocast_context,
@@ -48,10 +51,10 @@ from giftnet.runtime import (  # re-exported: the names this module held before 
 )
 from pipeline.ihd import list_files_for, read_pairs
 from pipeline.images import save_image
-from pipeline.loaders import BACKENDS, make_eval_loader, resolve_backend
+from pipeline.loaders import BACKENDS, resolve_backend
 from pipeline.pairs import DatasetError, Pair
 
-METRICS = ("mse", "fmse", "psnr", "fssim")
+METRICS = ("mse", "fmse", "psnr", "fpsnr", "fssim")
 ALL = "all"
 
 
@@ -116,15 +119,20 @@ class _Rows:
 
 
 def _save_pngs(
-    root: Path, pairs: Sequence[Pair], indices: list[int], images_255: torch.Tensor, guard: InputGuard
+    root: Path,
+    pairs: Sequence[Pair],
+    indices: list[int],
+    images_255: torch.Tensor,
+    composites_255: torch.Tensor,
+    guard: InputGuard,
 ) -> None:
-    arrays = images_255.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    for index, array in zip(indices, arrays, strict=True):
+    """Each harmonised image at its composite's original size (giftnet.protocols.at_original_size)."""
+    for index, pred, comp in zip(indices, images_255, composites_255, strict=True):
         pair = pairs[index]
         path = root / pair.subset / f"{pair.name}.png"
         guard.check(path, "--save-images")
         with output_errors(path, "--save-images"):
-            save_image(path, Image.fromarray(array, "RGB"))
+            save_image(path, Image.fromarray(at_original_size(pred, comp, pair), "RGB"))
 
 
 def evaluate(
@@ -139,22 +147,30 @@ def evaluate(
     save_images: Path | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    protocol: Protocol | None = None,
+    psnr_peak: str = "max",
+    fssim_range: str = "pred",
 ) -> dict[str, dict[str, dict[str, float | int]]]:
     """Score `model` and the composites on `pairs`: {"model": rows, "composite": rows}.
 
-    rows = {SUBSET: {"mse", "fmse", "psnr", "fssim", "n"}, ..., "all": {...}}, subsets sorted.
+    rows = {SUBSET: {"mse", "fmse", "psnr", "fpsnr", "fssim", "n"}, ..., "all": {...}}, subsets
+    sorted. `protocol` defaults to Protocol("fixed", size); `psnr_peak` ("max" or "255") and
+    `fssim_range` ("pred" or "255") pick the metric conventions (giftnet.metrics).
     `model` (on `device`; None means the model's own device) is called as
     model(image_normalised, mask)["images"] under inference mode in eval mode; its training mode
     is restored afterwards, so a trainer can call this between epochs. `save_images` writes the
-    harmonised images at the evaluation size as SAVE_IMAGES/SUBSET/NAME.png (NAME: composite stem).
+    harmonised images at the composite's original size as SAVE_IMAGES/SUBSET/NAME.png (NAME:
+    composite stem).
     """
-    if size < 8 or size % 8:
-        raise InputError(f"size must be a positive multiple of 8 (the network pools three times), got {size}")
+    protocol = Protocol("fixed", size) if protocol is None else protocol
+    if protocol.name == "fixed" and (protocol.size < 8 or protocol.size % 8):
+        raise InputError(f"size must be a positive multiple of 8 (the network pools three times), got {protocol.size}")
     device = model_device(model) if device is None else torch.device(device)
     amp = autocast_context(device, precision)
-    loader = make_eval_loader(
-        pairs, batch_size=batch_size, size=size, device=device, backend=backend, num_workers=num_workers
+    loader = protocol_loader(
+        pairs, protocol, batch_size=batch_size, device=device, backend=backend, num_workers=num_workers
     )
+    conventions = {"psnr_peak": psnr_peak, "fssim_range": fssim_range}
     rows = {"model": _Rows(), "composite": _Rows()}
     guard = InputGuard(p for pair in pairs for p in (pair.composite, pair.mask, pair.real)) if save_images else None
     was_training = model.training
@@ -164,29 +180,38 @@ def evaluate(
             for batch in loader:
                 indices = batch["index"].cpu().tolist()
                 subsets = [pairs[i].subset for i in indices]
-                with amp:
-                    out = model(batch["composite"], batch["mask"])["images"]
-                pred = to_255(out.float())
-                mask, real = batch["mask"].float(), batch["real_255"].float()
-                rows["model"].add(subsets, image_metrics(pred, real, mask))
-                rows["composite"].add(subsets, image_metrics(batch["composite_255"].float(), real, mask))
+                height, width = batch["composite"].shape[-2:]
+                with amp:  # padded to a multiple of 8 and cropped back ("fixed" sizes need neither)
+                    out = model(pad_to_multiple(batch["composite"]), pad_to_multiple(batch["mask"]))["images"]
+                pred = to_255(out[:, :, :height, :width].float())
+                mask, real, comp = batch["mask"].float(), batch["real_255"].float(), batch["composite_255"].float()
+                rows["model"].add(subsets, image_metrics(pred, real, mask, **conventions))
+                rows["composite"].add(subsets, image_metrics(comp, real, mask, **conventions))
                 if save_images is not None:
-                    _save_pngs(Path(save_images), pairs, indices, pred, guard)
+                    _save_pngs(Path(save_images), pairs, indices, pred, comp, guard)
                 advance(len(indices))
     finally:
         model.train(was_training)
     return {name: acc.table() for name, acc in rows.items()}
 
 
-def format_table(results: dict[str, dict[str, dict[str, float | int]]]) -> Table:
-    """The results of `evaluate` as a rich Table: composite and model rows per subset, then All."""
+def format_table(
+    results: dict[str, dict[str, dict[str, float | int]]], conventions: dict[str, str] | None = None
+) -> Table:
+    """The results of `evaluate` as a rich Table: composite and model rows per subset, then All.
+
+    `conventions` is giftnet.protocols.settings(...) of the run (default: Fixed256, iSSAM's PSNR
+    peak, CDTNet's fSSIM range); the title names the protocol and the caption the conventions.
+    """
+    conventions = conventions or settings(Protocol(), "max", "pred")
     table = Table(
-        title="Harmonisation quality (Fixed256)",
-        caption="PSNR peak: the real image's max (iSSAM). Lower MSE/fMSE, higher PSNR/fSSIM is better.",
+        title=f"Harmonisation quality ({conventions['protocol']})",
+        caption=f"PSNR peak: {conventions['psnr_peak']}; fSSIM data range: {conventions['fssim_range']}. "
+        "Lower MSE/fMSE, higher PSNR/fPSNR/fSSIM is better.",
     )
     table.add_column("Subset")
     table.add_column("Input")
-    for name in ("MSE", "fMSE", "PSNR", "fSSIM", "n"):
+    for name in ("MSE", "fMSE", "PSNR", "fPSNR", "fSSIM", "n"):
         table.add_column(name, justify="right")
     subsets = [s for s in results["composite"] if s != ALL] + [ALL]
     for i, subset in enumerate(subsets):
@@ -195,7 +220,13 @@ def format_table(results: dict[str, dict[str, dict[str, float | int]]]) -> Table
             if row is None:
                 continue
             label = ("All" if subset == ALL else subset) if j == 0 else ""
-            cells = (f"{row['mse']:.2f}", f"{row['fmse']:.2f}", f"{row['psnr']:.2f}", f"{row['fssim']:.4f}")
+            cells = (
+                f"{row['mse']:.2f}",
+                f"{row['fmse']:.2f}",
+                f"{row['psnr']:.2f}",
+                f"{row['fpsnr']:.2f}",
+                f"{row['fssim']:.4f}",
+            )
             table.add_row(label, kind, *cells, str(row["n"]), end_section=j == 1 and i < len(subsets) - 1)
     return table
 
@@ -206,9 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subsets", nargs="+", default=None, help="subset folders (default: all with a test list)")
     p.add_argument("--weights", type=Path, required=True, help="GiftNet weights (.safetensors)")
     p.add_argument("--json", type=Path, default=None, help="write the numbers as JSON here")
-    p.add_argument("--save-images", type=Path, default=None, help="write harmonised PNGs to DIR/SUBSET/")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--size", type=int, default=256, help="evaluation resolution (multiple of 8)")
+    p.add_argument(
+        "--save-images", type=Path, default=None, help="write harmonised PNGs, at the original size, to DIR/SUBSET/"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per batch (protocol fixed only; others use 1)")
+    p.add_argument("--size", type=int, default=256, help="protocol fixed: evaluation resolution (multiple of 8)")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="fixed",
+        help="fixed: size x size (iSSAM's Fixed256); longest1024: longest side at most 1024; full: full resolution",
+    )
+    p.add_argument(
+        "--psnr-peak",
+        choices=PSNR_PEAKS,
+        default="max",
+        help="PSNR peak: the real image's max (iSSAM) or 255 (PCT-Net)",
+    )
+    p.add_argument(
+        "--fssim-range",
+        choices=FSSIM_RANGES,
+        default="pred",
+        help="fSSIM data range: prediction max - min (CDTNet, the paper's Table 2) or 255",
+    )
     p.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="data loader: DALI or PyTorch")
     p.add_argument("--workers", type=int, default=2, help="data loader workers / DALI threads")
@@ -253,6 +304,8 @@ def _main(args: argparse.Namespace) -> int:
         raise DatasetError(f"{args.data}: dataset root is not a directory")
     pairs = read_pairs(args.data, args.subsets, "test")
     _guard_outputs(args, pairs)
+    protocol = Protocol(args.protocol, args.size)
+    conventions = settings(protocol, args.psnr_peak, args.fssim_range)
     results = evaluate(
         model,
         pairs,
@@ -264,11 +317,15 @@ def _main(args: argparse.Namespace) -> int:
         save_images=args.save_images,
         progress=not args.no_progress,
         precision=args.precision,
+        protocol=protocol,
+        psnr_peak=args.psnr_peak,
+        fssim_range=args.fssim_range,
     )
     if args.json is not None:
+        record = {"settings": conventions, **results}
         with output_errors(args.json, "--json"):
-            atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
-    Console().print(format_table(results))
+            atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
+    Console().print(format_table(results, conventions))
     return 0
 
 

@@ -9,6 +9,7 @@ F' = M * conv(M * F, W'') + (1 - M) * F (kernels.masked_modconv2d).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from giftnet.config import ModelConfig
 from kernels import masked_modconv2d
 
 
-def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     """The mask at a feature map's size: the foreground fraction of each cell (area average).
 
     Cells entirely in the background stay exactly 0, so GIFT leaves them bit-identical.
@@ -54,8 +55,8 @@ class GiftSite(nn.Module):
         noise = torch.randn_like(dirac) * (cfg.gift_init_noise / math.sqrt(9 * channels))
         self.weight = nn.Parameter(dirac + noise)
         if cfg.guidance == "none":
-            self.constant_style = nn.Parameter(torch.ones(channels))
-            self.head = None
+            self.constant_style: nn.Parameter | None = nn.Parameter(torch.ones(channels))
+            self.head: nn.Linear | None = None
         else:
             self.constant_style = None
             self.head = nn.Linear(cfg.mlp_hidden, channels)
@@ -63,7 +64,8 @@ class GiftSite(nn.Module):
             nn.init.ones_(self.head.bias)
 
     def style(self, hidden: torch.Tensor | None, batch: int) -> torch.Tensor:
-        if self.head is None:
+        if self.head is None:  # guidance "none": one learned style for every image
+            assert self.constant_style is not None
             return self.constant_style.expand(batch, -1)
         return self.head(hidden)
 
@@ -92,7 +94,7 @@ class Gift(nn.Module):
 
     def transform(self, name: str, feat: torch.Tensor, mask: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
         """Transform the foreground of `feat` at site `name`; `mask` is at the image size."""
-        site = self.sites[name]
+        site = cast(GiftSite, self.sites[name])
         if self.guidance == "self":
             hidden = self.self_trunks[name](feat.mean(dim=(2, 3)))
         style = site.style(hidden, feat.shape[0])

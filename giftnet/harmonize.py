@@ -27,6 +27,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,7 +191,7 @@ def write_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None) -> None:
         image = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
     else:
         image = Image.fromarray(rgb, "RGB")
-    options = {"quality": 95, "subsampling": 0} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    options: dict[str, Any] = {"quality": 95, "subsampling": 0} if path.suffix.lower() in (".jpg", ".jpeg") else {}
     with output_errors(path, "--out"):
         save_image(path, image, **options)
 

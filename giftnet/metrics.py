@@ -1,10 +1,13 @@
-"""Evaluation metrics of iSSAM's "Fixed256" protocol, per image, on the 0-255 scale.
+"""Harmonisation metrics, per image, on the 0-255 scale (docs/metrics.md says where each comes from).
 
 MSE   = mean over H, W, C of (pred - gt)^2
 fMSE  = sum(mask * (pred - gt)^2) / (3 * sum(mask))
-PSNR  = 10 log10(peak^2 / MSE), peak = gt.max() per image (iSSAM's convention) or 255
+PSNR  = 10 log10(peak^2 / MSE), peak = gt.max() per image (iSSAM's convention) or 255 (PCT-Net's)
+fPSNR = 10 log10(peak^2 / fMSE), the same peak
 fSSIM = SSIM map (7x7 Gaussian window, sigma 1.5) averaged over the mask per channel, then
-        over channels (CDTNet's foreground SSIM)
+        over channels (CDTNet's foreground SSIM); its data range L (C1 = (0.01 L)^2,
+        C2 = (0.03 L)^2) is the prediction's max - min per image, as CDTNet's code has it
+        ("pred", the default: the convention of the GiftNet paper's Table 2), or 255
 Inputs: pred, gt (B, 3, H, W) float in [0, 255]; mask (B, 1, H, W) in [0, 1] (soft edges allowed).
 Each function returns a (B,) float64 tensor; a table row is the mean over its images.
 """
@@ -41,16 +44,45 @@ def fmse(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return err / (pred.shape[1] * m.sum(dim=(1, 2, 3))).clamp_min(EPS)
 
 
+PSNR_PEAKS = ("max", "255")
+FSSIM_RANGES = ("pred", "255")
+
+
+def _peak(gt: torch.Tensor, peak: str) -> torch.Tensor:
+    if peak not in PSNR_PEAKS:
+        raise ValueError(f"peak must be one of {PSNR_PEAKS}, got {peak!r}")
+    if peak == "max":
+        return gt.double().amax(dim=(1, 2, 3))
+    return torch.full((gt.shape[0],), 255.0, dtype=torch.float64, device=gt.device)
+
+
 def psnr(pred: torch.Tensor, gt: torch.Tensor, peak: str = "max") -> torch.Tensor:
-    """PSNR per image; peak "max" uses gt.max() per image (iSSAM), "255" the full range."""
-    if peak not in ("max", "255"):
-        raise ValueError(f"peak must be 'max' or '255', got {peak!r}")
-    top = gt.double().amax(dim=(1, 2, 3)) if peak == "max" else torch.full_like(mse(pred, gt), 255.0)
-    return 10.0 * torch.log10(top.square() / (mse(pred, gt) + EPS))
+    """PSNR per image; peak "max" uses gt.max() per image (iSSAM), "255" the full range (PCT-Net)."""
+    return 10.0 * torch.log10(_peak(gt, peak).square() / (mse(pred, gt) + EPS))
 
 
-def ssim_map(pred: torch.Tensor, gt: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
-    """Per-pixel, per-channel SSIM of 0-255 images (zero padding, constants for range 255)."""
+def fpsnr(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, peak: str = "max") -> torch.Tensor:
+    """Foreground PSNR: PSNR of the fMSE, with psnr's peak conventions."""
+    return 10.0 * torch.log10(_peak(gt, peak).square() / (fmse(pred, gt, mask) + EPS))
+
+
+def data_range(pred: torch.Tensor, kind: str) -> torch.Tensor:
+    """SSIM's L per image, (B,) float64: "pred" = pred.max() - pred.min() (at least 1), "255" = 255.
+
+    The floor of one grey level keeps a flat prediction's SSIM finite instead of 0/0.
+    """
+    if kind not in FSSIM_RANGES:
+        raise ValueError(f"fSSIM data range must be one of {FSSIM_RANGES}, got {kind!r}")
+    if kind == "255":
+        return torch.full((pred.shape[0],), 255.0, dtype=torch.float64, device=pred.device)
+    p = pred.double()
+    return (p.amax(dim=(1, 2, 3)) - p.amin(dim=(1, 2, 3))).clamp_min(1.0)
+
+
+def ssim_map(
+    pred: torch.Tensor, gt: torch.Tensor, window: int = 7, sigma: float = 1.5, value_range: str = "255"
+) -> torch.Tensor:
+    """Per-pixel, per-channel SSIM of 0-255 images (zero padding; L from `data_range`)."""
     _check(pred, gt)
     x, y = pred.double(), gt.double()
     c = x.shape[1]
@@ -63,20 +95,29 @@ def ssim_map(pred: torch.Tensor, gt: torch.Tensor, window: int = 7, sigma: float
     var_x = blur(x * x) - mu_x.square()
     var_y = blur(y * y) - mu_y.square()
     cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    L = data_range(pred, value_range)[:, None, None, None]
+    c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
 
 
-def fssim(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Foreground SSIM; 1 for an empty mask."""
+def fssim(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, value_range: str = "pred") -> torch.Tensor:
+    """Foreground SSIM; 1 for an empty mask. `value_range`: "pred" (CDTNet, default) or "255"."""
     _check(pred, gt, mask)
     m = mask.double()
     area = m.sum(dim=(2, 3))  # (B, 1)
-    per_channel = (ssim_map(pred, gt) * m).sum(dim=(2, 3)) / area.clamp_min(EPS)
+    per_channel = (ssim_map(pred, gt, value_range=value_range) * m).sum(dim=(2, 3)) / area.clamp_min(EPS)
     per_channel = torch.where(area > 0, per_channel, torch.ones_like(per_channel))
     return per_channel.mean(dim=1)
 
 
-def image_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """All four metrics per image: {"mse", "fmse", "psnr", "fssim"} of (B,) tensors."""
-    return {"mse": mse(pred, gt), "fmse": fmse(pred, gt, mask), "psnr": psnr(pred, gt), "fssim": fssim(pred, gt, mask)}
+def image_metrics(
+    pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, *, psnr_peak: str = "max", fssim_range: str = "pred"
+) -> dict[str, torch.Tensor]:
+    """Every metric per image: {"mse", "fmse", "psnr", "fpsnr", "fssim"} of (B,) tensors."""
+    return {
+        "mse": mse(pred, gt),
+        "fmse": fmse(pred, gt, mask),
+        "psnr": psnr(pred, gt, psnr_peak),
+        "fpsnr": fpsnr(pred, gt, mask, psnr_peak),
+        "fssim": fssim(pred, gt, mask, fssim_range),
+    }

@@ -23,7 +23,7 @@ class GiftNet(nn.Module):
     the feature entries are the maps as they flow on (after GIFT where a site has it), the ones
     relation distillation compares. With no GIFT sites this is exactly iSSAM.
 
-    Order of computation (design.md section 2): the encoder runs once untransformed and
+    Order of computation (docs/decisions.md, "Model"): the encoder runs once untransformed and
     f_e = GAP(E4) of that pass; each transformed encoder map replaces the original wherever it
     is consumed downstream (skip, decoder input, distillation); decoder sites transform a
     block's output before it flows on.

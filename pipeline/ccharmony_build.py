@@ -1,5 +1,12 @@
 """Build a ccHarmony-style dataset in the iHarmony4 layout from photos, foreground masks and patch CSVs.
 
+The 350 photos are not in the ccHarmony repository (bcmi/Image-Harmonization-Dataset-ccHarmony,
+which releases the masks, patch colours, matrices and split lists): they are the colour-constancy
+photos of the NUS 8-camera dataset (Cheng, Prasad and Brown, 2014; names like
+`Canon1DsMkIII_0077`) and of the Gehler-Shi ColorChecker dataset (Gehler et al., 2008, as
+re-processed by Shi and Funt; names like `8D5U5531`, `IMG_0323`), downloaded from those projects.
+Masks whose photo is absent are counted as missing, not fatal, so a partial photo set builds.
+
 For each foreground `NAME_k` of photo a, `per_foreground` other photos b are drawn; the composite
 `X_k_j.jpg` is photo a with its foreground replaced by T'_b(T_a(foreground)) (paper section 4),
 the real image `X.jpg` is photo a. X is NAME with '_' replaced by '-' so the iHarmony4 naming
@@ -9,6 +16,7 @@ rules (real id = text before the first '_') recover it. `pairs.csv` records whic
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,29 +32,58 @@ PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".JPG", ".JPEG", ".PNG")
 BUILDER_VERSION = 1
 
 
+@dataclass
+class BuildReport:
+    """What a build did: foregrounds built (and composites), skipped (in neither split list), missing."""
+
+    root: Path
+    built: int = 0
+    composites: int = 0
+    skipped: int = 0
+    missing: list[str] = field(default_factory=list)  # mask names whose photo is not in the photo folder
+
+    def summary(self) -> str:
+        return (
+            f"built {self.built} foregrounds ({self.composites} composites), skipped {self.skipped} "
+            f"(in neither split list), missing {len(self.missing)} (no photo)"
+        )
+
+
 def _find_photos(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise DatasetError(f"{folder}: photo folder does not exist")
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in PHOTO_EXTS}
 
 
-def _foregrounds(mask_dir: Path, photos: dict[str, Path]) -> list[tuple[str, str, Path]]:
-    """(foreground id NAME_k, photo NAME, mask path) for every mask whose photo exists."""
+def _foregrounds(mask_dir: Path, photos: dict[str, Path]) -> tuple[list[tuple[str, str, Path]], list[str]]:
+    """((foreground id NAME_k, photo NAME, mask path) for every mask whose photo exists, masks without one)."""
     if not mask_dir.is_dir():
         raise DatasetError(f"{mask_dir}: mask folder does not exist")
-    out = []
+    out, missing = [], []
     for mask in sorted(mask_dir.glob("*.png")):
         photo = mask.stem.rsplit("_", 1)[0]
         if "_" in mask.stem and photo in photos:
             out.append((mask.stem, photo, mask))
+        elif "_" in mask.stem:
+            missing.append(mask.stem)
     if not out:
-        raise DatasetError(f"{mask_dir}: no masks NAME_k.png matching a photo in the photo folder")
-    return out
+        raise DatasetError(
+            f"{mask_dir}: no masks NAME_k.png matching a photo in the photo folder "
+            "(the photos come from the NUS 8-camera and Gehler-Shi datasets; see docs/data.md)"
+        )
+    return out, missing
 
 
-def _colours(patches: Path, released: Path | None) -> tuple[list[Path], dict[str, tuple[np.ndarray, np.ndarray]]]:
+def _colours(
+    patches: Path | None, released: Path | None
+) -> tuple[list[Path], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(files read, photo name -> (T, T_reverse)): released .npy files when given, else fits of the CSVs."""
-    folder, suffix = (released, "_reverse.npy") if released is not None else (patches, ".csv")
+    if released is not None:
+        folder, suffix = released, "_reverse.npy"
+    elif patches is not None:
+        folder, suffix = patches, ".csv"
+    else:
+        raise ValueError("give patch colours or released matrices")
     if not folder.is_dir():
         raise DatasetError(f"{folder}: folder does not exist")
     files = sorted(folder.glob(f"*{suffix}"))
@@ -79,7 +116,7 @@ def _fit_mask(mask: np.ndarray, shape: tuple[int, int], path: Path) -> np.ndarra
     if abs(mask.shape[0] / mask.shape[1] - shape[0] / shape[1]) > 0.02 * shape[0] / shape[1]:
         raise DatasetError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, photo is {shape[1]}x{shape[0]}")
     image = Image.fromarray((mask > 0.5).astype(np.uint8) * 255, "L")
-    return np.asarray(image.resize((shape[1], shape[0]), Image.NEAREST)) > 127
+    return np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 127
 
 
 def _load_photo(path: Path, max_side: int | None) -> np.ndarray:
@@ -87,7 +124,7 @@ def _load_photo(path: Path, max_side: int | None) -> np.ndarray:
     if max_side and max(rgb.shape[:2]) > max_side:
         scale = max_side / max(rgb.shape[:2])
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BICUBIC))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC))
     return rgb
 
 
@@ -121,7 +158,7 @@ def _write_foreground(
 def build_cc_dataset(
     photos: Path,
     masks: Path,
-    patches: Path,
+    patches: Path | None,
     out: Path,
     *,
     subset: str = "ccHarmony",
@@ -131,13 +168,18 @@ def build_cc_dataset(
     matrices: Path | None = None,
     max_side: int | None = None,
     seed: int = 0,
-) -> Path:
-    """Write `out/<subset>/` (iHarmony4 layout + pairs.csv) and return `out`. Deterministic for a seed."""
+) -> BuildReport:
+    """Write `out/<subset>/` (iHarmony4 layout + pairs.csv); the report's root is `out`.
+
+    Deterministic for a seed. `matrices` (released IMAGE.npy / IMAGE_reverse.npy) replace the
+    fits of `patches`, which may then be None.
+    """
     if per_foreground < 1:
         raise ValueError(f"per_foreground must be >= 1, got {per_foreground}")
     photos_by_name = _find_photos(Path(photos))
-    fgs = _foregrounds(Path(masks), photos_by_name)
-    colour_files, mats = _colours(Path(patches), Path(matrices) if matrices else None)
+    fgs, missing = _foregrounds(Path(masks), photos_by_name)
+    report = BuildReport(Path(out), missing=missing)
+    colour_files, mats = _colours(Path(patches) if patches else None, Path(matrices) if matrices else None)
     have_patches = sorted(mats)
     train = {s for _, s in read_list_lines(Path(train_list))} if train_list else None
     test = {s for _, s in read_list_lines(Path(test_list))} if test_list else None
@@ -149,6 +191,7 @@ def build_cc_dataset(
         for index, (fg, photo, mask_path) in enumerate(fgs):
             split = _split_of(fg, photo, train, test)
             if split is None:
+                report.skipped += 1
                 continue
             if photo not in mats:
                 raise DatasetError(f"{colour_files[0].parent}: no colours for photo {photo!r} of mask {mask_path}")
@@ -159,6 +202,8 @@ def build_cc_dataset(
             real = _load_photo(photos_by_name[photo], max_side)
             names = _write_foreground(scratch, real, photo, fg, mask_path, mats, targets)
             lists[split] += names
+            report.built += 1
+            report.composites += len(names)
             records += [f"{n},{photo},{fg},{t},{split}" for n, t in zip(names, targets, strict=True)]
         if not lists["train"] and not lists["test"]:
             raise DatasetError(f"{masks}: no foreground belongs to the train or test list")
@@ -177,4 +222,4 @@ def build_cc_dataset(
             "inputs": fingerprint(inputs),
         }
         finish_subset(scratch, out / subset, params)
-    return out
+    return report

@@ -29,6 +29,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,7 @@ def _device_id(device: torch.device) -> int | None:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def _to_torch(tl: object, device: torch.device) -> torch.Tensor:
+def _to_torch(tl: Any, device: torch.device) -> torch.Tensor:
     """Copy a dense DALI TensorList into a new torch tensor on `device`."""
     t = tl.as_tensor()
     if isinstance(tl, TensorListGPU):

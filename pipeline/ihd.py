@@ -1,4 +1,4 @@
-"""Readers for the iHarmony4 layout (design.md section 5): list files -> `Pair`s.
+"""Readers for the iHarmony4 layout (docs/data.md): list files -> `Pair`s.
 
 A subset folder holds `composite_images/`, `masks/`, `real_images/` and `<Subset>_train.txt` /
 `<Subset>_test.txt`. A list line names a composite `X_Y_Z.jpg` (bare, as in the per-subset lists, or
@@ -172,7 +172,10 @@ def read_list_file(
         if subset_dir not in listings:
             listings[subset_dir] = _Listing(subset_dir)
         item = _pair_from_line(subset_dir, listings[subset_dir], parts[-1], list_file, number, line)
-        (pairs if isinstance(item, Pair) else bad).append(item)
+        if isinstance(item, Pair):
+            pairs.append(item)
+        else:
+            bad.append(item)
     return pairs, bad
 
 

@@ -17,14 +17,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from giftnet.errors import UsageError, run_cli
 from pipeline.colour import CHANGE_KINDS, change_foreground
 from pipeline.ihd import COMPOSITE_DIR, MASK_DIR, REAL_DIR
 from pipeline.images import JPEG_QUALITY, write_jpeg, write_mask
 from pipeline.layout import fingerprint, finish_subset, manifest_complete, read_manifest, scratch_subset, write_list
-from pipeline.pairs import DatasetError
 from pipeline.synth_masks import random_mask
 from pipeline.synth_sources import Photo, folder_photos, load_photo, skimage_photos, source_files, split_photos
 
+PROG = "python -m pipeline.synth"
 SUBSET = "HSynth"
 SYNTH_VERSION = 2
 FMSE_RANGE = (100.0, 6000.0)  # accepted foreground MSE (0-255 scale); iHarmony4's composites average ~1387
@@ -48,12 +49,14 @@ def _crop(photo: Photo, short: int, rng: np.random.Generator, keep_mask: bool) -
         box = (x0, y0, x0 + box_w, y0 + box_h)
         if mask is None or not keep_mask:
             break
-        crop_mask = _resize(mask, box, (out_w, out_h), Image.NEAREST) > 127
+        crop_mask = _resize(mask, box, (out_w, out_h), Image.Resampling.NEAREST) > 127
         if ANNOTATED_AREA[0] <= crop_mask.mean() <= ANNOTATED_AREA[1]:
             break
     flip = bool(rng.integers(2))
-    real = _resize(rgb, box, (out_w, out_h), Image.BICUBIC)
-    kept = _resize(mask, box, (out_w, out_h), Image.NEAREST) > 127 if mask is not None and keep_mask else None
+    real = _resize(rgb, box, (out_w, out_h), Image.Resampling.BICUBIC)
+    kept = (
+        _resize(mask, box, (out_w, out_h), Image.Resampling.NEAREST) > 127 if mask is not None and keep_mask else None
+    )
     if kept is not None and not ANNOTATED_AREA[0] <= kept.mean() <= ANNOTATED_AREA[1]:
         kept = None  # the annotated object is (nearly) absent or fills the crop: draw a mask instead
     if flip:
@@ -62,7 +65,9 @@ def _crop(photo: Photo, short: int, rng: np.random.Generator, keep_mask: bool) -
     return np.ascontiguousarray(real), None if kept is None else np.ascontiguousarray(kept)
 
 
-def _resize(array: np.ndarray, box: tuple[float, ...], size: tuple[int, int], resample: int) -> np.ndarray:
+def _resize(
+    array: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int], resample: int
+) -> np.ndarray:
     image = Image.fromarray(array.astype(np.uint8) * (255 if array.dtype == bool else 1))
     return np.asarray(image.resize(size, resample, box=box))
 
@@ -71,7 +76,7 @@ def _reference(photos: list[Photo], rng: np.random.Generator) -> np.ndarray:
     """Pixels of an object region of another random crop: the colour target of a transfer."""
     photo = photos[int(rng.integers(len(photos)))]
     rgb, _ = _crop(photo, REF_SIZE, rng, keep_mask=False)
-    mask, _ = random_mask(*rgb.shape[:2], rng)
+    mask, _ = random_mask(rgb.shape[0], rgb.shape[1], rng)
     return rgb[mask]
 
 
@@ -107,7 +112,9 @@ def _write_split(
         write_jpeg(scratch / REAL_DIR / f"{real_id}.jpg", real)
         n_masks = 1 if annotated is not None else 1 + int(rng.integers(2))
         for k in range(1, n_masks + 1):
-            mask, shape = (annotated, "annotated") if annotated is not None else random_mask(*real.shape[:2], rng)
+            mask, shape = (
+                (annotated, "annotated") if annotated is not None else random_mask(real.shape[0], real.shape[1], rng)
+            )
             write_mask(scratch / MASK_DIR / f"{real_id}_{k}.png", mask)
             for j in range(1, 2 + int(rng.integers(2))):
                 if len(names) == n:
@@ -161,23 +168,79 @@ def build_demo_dataset(
     return out
 
 
+def upscaled_photos(photos: list[Photo], size: int) -> tuple[list[str], list[str]]:
+    """(photos every crop of which is upscaled, photos whose smaller crops are), by short side.
+
+    A crop spans 35-100% of the largest box that fits the photo and is resized so its short side
+    is `size`: a photo (or train/test region) shorter than `size` is always enlarged, one shorter
+    than size / 0.35 whenever a small crop is drawn. Enlarged crops are blurrier than real photos.
+    """
+    always, sometimes = [], []
+    for photo in photos:
+        short = min(load_photo(photo)[0].shape[:2])
+        if short < size:
+            always.append(photo.group)
+        elif short * 0.35 < size:
+            sometimes.append(photo.group)
+    return sorted(set(always)), sorted(set(sometimes) - set(always))
+
+
+def _warn_upscaling(source: Path | None, size: int) -> None:
+    photos = skimage_photos() if source is None else folder_photos(Path(source))
+    regions = [p for split in split_photos(photos).values() for p in split]
+    always, sometimes = upscaled_photos(regions, size)
+    if always:
+        print(
+            f"warning: {len(always)} of {len(photos)} photos are smaller than --size {size} and every crop of them "
+            f"is upscaled: {', '.join(always[:5])}{' ...' if len(always) > 5 else ''}",
+            file=sys.stderr,
+        )
+    if sometimes:
+        print(
+            f"warning: {len(sometimes)} more photos are upscaled when a small crop (35-100% of the photo) is drawn",
+            file=sys.stderr,
+        )
+
+
+def _refuse_other_arguments(out: Path, params: dict, overwrite: bool) -> None:
+    """A finished dataset built with other arguments is replaced only with --overwrite."""
+    existing = read_manifest(out / SUBSET)
+    if existing is None or overwrite or existing.get("params") == params:
+        return
+    old = existing.get("params") or {}
+    changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+    shown = ", ".join(f"{k}: {old.get(k)!r} -> {params.get(k)!r}" for k in changed)
+    raise UsageError(
+        f"{out / SUBSET} was built with other arguments ({shown}); choose another --out or add --overwrite"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m pipeline.synth --out DIR [--source FOLDER] [--n-train N ...]`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.synth", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="dataset root to write (HSynth/ inside)")
     parser.add_argument("--source", type=Path, help="photos: images/NAME.jpg (+ masks/NAME.png) or a flat folder")
     parser.add_argument("--n-train", type=int, default=512, help="training pairs (default 512)")
     parser.add_argument("--n-test", type=int, default=128, help="test pairs (default 128)")
     parser.add_argument("--size", type=int, default=256, help="short side of each image in pixels (default 256)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace a dataset built with other arguments")
     args = parser.parse_args(argv)
-    try:
-        root = build_demo_dataset(
-            args.out, n_train=args.n_train, n_test=args.n_test, size=args.size, seed=args.seed, source=args.source
-        )
-    except (DatasetError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return run_cli(PROG, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.n_train < 1 or args.n_test < 0:
+        raise UsageError(f"need --n-train >= 1 and --n-test >= 0, got {args.n_train} and {args.n_test}")
+    if args.size < 16:
+        raise UsageError(f"--size must be at least 16 pixels, got {args.size}")
+    _refuse_other_arguments(
+        args.out, _params(args.n_train, args.n_test, args.size, args.seed, args.source), args.overwrite
+    )
+    _warn_upscaling(args.source, args.size)
+    root = build_demo_dataset(
+        args.out, n_train=args.n_train, n_test=args.n_test, size=args.size, seed=args.seed, source=args.source
+    )
     print(f"{root / SUBSET}: {args.n_train} train and {args.n_test} test pairs")
     return 0
 

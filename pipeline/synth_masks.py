@@ -72,7 +72,9 @@ def noise_blob(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     coarse = ndimage.gaussian_filter(
         rng.normal(size=(small_h, small_w)), sigma=max(small_h, small_w) / rng.uniform(6, 12)
     )
-    noise = np.asarray(Image.fromarray(coarse.astype(np.float32), "F").resize((w, h), Image.BILINEAR), dtype=np.float64)
+    noise = np.asarray(
+        Image.fromarray(coarse.astype(np.float32), "F").resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64
+    )
     yy, xx = np.mgrid[0:h, 0:w]
     cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
     noise -= noise.std() * 8.0 * (((yy - cy) / h) ** 2 + ((xx - cx) / w) ** 2)  # favour one central piece

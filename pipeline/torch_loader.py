@@ -25,6 +25,7 @@ from pipeline.augment import (
 )
 from pipeline.images import read_rgb
 from pipeline.pairs import DatasetError, Pair
+from pipeline.resize import cv2_linear_resize_u8
 
 _DATASET_ERROR_PREFIX = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
 
@@ -42,10 +43,6 @@ def resize_linear(arr: np.ndarray, size: int) -> torch.Tensor:
     """
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)[0]
-
-
-def _to_u8(x: torch.Tensor) -> torch.Tensor:
-    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def resize_linear_u8(arr: np.ndarray, size: int) -> torch.Tensor:
@@ -103,8 +100,9 @@ class EvalSet(Dataset):
         comp, real = read_rgb(pair.composite), read_rgb(pair.real)
         check_same_size((pair.composite, pair.mask, pair.real), (comp.shape[:2], mask.shape, real.shape[:2]))
         return {
-            "composite": _to_u8(resize_linear(comp, self.size)),
-            "real": _to_u8(resize_linear(real, self.size)),
+            # OpenCV's fixed-point INTER_LINEAR, bit for bit, as iSSAM's evaluation resizes images.
+            "composite": _chw(cv2_linear_resize_u8(comp, self.size, self.size)),
+            "real": _chw(cv2_linear_resize_u8(real, self.size, self.size)),
             "mask": (resize_linear(mask[:, :, None], self.size) / 255.0).clamp_(0.0, 1.0),
             "index": torch.tensor(index, dtype=torch.int64),
         }

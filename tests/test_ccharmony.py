@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,7 @@ def test_fit_reproduces_released_matrices(name):
 
 
 def test_non_reproducing_forward_matrix_is_not_the_least_squares_fit():
-    """design.md: 340 of 350 forward matrices reproduce. For the others the released matrix fits the released
+    """docs/data.md: 340 of 350 forward matrices reproduce. For the others the released matrix fits the released
     patch colours worse than our least-squares fit does, so it was fit to other measurements; the reverse
     matrix of the same photo reproduces, and our fit maps the patches to the standard within a few levels."""
     patches, forward, reverse = _released(NOT_REPRODUCING)
@@ -136,8 +138,60 @@ def test_builder_writes_transitive_composites(tmp_path):
 def test_builder_rejects_bad_input(tmp_path, capsys):
     _photos(tmp_path / "photos")
     args = ["--photos", str(tmp_path / "photos"), "--masks", str(tmp_path / "none"), "--out", str(tmp_path / "cc")]
-    assert main([*args, "--patches", str(FIXTURES / "patch_colors")]) == 1
-    assert "mask folder does not exist" in capsys.readouterr().err
+    assert main([*args, "--patches", str(FIXTURES / "patch_colors")]) == 2
+    assert "--masks does not exist" in capsys.readouterr().err
+    assert main(args) == 2  # neither --patches nor --matrices
+    assert "give --patches" in capsys.readouterr().err
+    not_zip = tmp_path / "masks.zip"
+    not_zip.write_bytes(b"not a zip")
+    args[3] = str(not_zip)
+    assert main([*args, "--patches", str(FIXTURES / "patch_colors")]) == 2
+    assert "neither a folder nor a zip" in capsys.readouterr().err
+
+
+def _zip(folder: Path, archive: Path, top: str) -> Path:
+    """A zip laid out as the released ones: every file under one top-level folder."""
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(folder.iterdir()):
+            z.write(path, f"{top}/{path.name}")
+    return archive
+
+
+def test_builder_with_released_zips_and_matrices_only(tmp_path, capsys):
+    """--matrices without --patches; masks and matrices as the released zips; counts reported."""
+    _photos(tmp_path / "photos")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for path in (FIXTURES / "masks").iterdir():
+        shutil.copy(path, masks / path.name)
+    shutil.copy(FIXTURES / "masks" / "IMG_0323_a.png", masks / "IMG_0610_a.png")  # a photo we do not have
+    shutil.copy(FIXTURES / "masks" / "IMG_0323_a.png", masks / "IMG_0323_b.png")  # in neither list
+    (tmp_path / "train.txt").write_text("IMG_0323_a\nIMG_0610_a\n")
+    (tmp_path / "test.txt").write_text("8D5U5531_a\n")
+    mask_zip = _zip(masks, tmp_path / "foreground_masks.zip", "foreground_masks")
+    matrix_zip = _zip(FIXTURES / "matrices", tmp_path / "coefficients.zip", "polynomial_matching_coefficients")
+    args = ["--photos", str(tmp_path / "photos"), "--masks", str(mask_zip), "--matrices", str(matrix_zip)]
+    args += ["--out", str(tmp_path / "cc"), "--per-foreground", "1"]
+    args += ["--train-list", str(tmp_path / "train.txt"), "--test-list", str(tmp_path / "test.txt")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "built 2 foregrounds (2 composites), skipped 1 (in neither split list), missing 1 (no photo)" in out
+    assert "IMG_0610_a" in out
+    assert len(read_pairs(tmp_path / "cc", split="all")) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["photos", "masks", "train.txt", "test.txt", "foreground_masks.zip", "coefficients.zip", "cc"]
+    )  # the zips are unpacked elsewhere and removed
+
+
+def test_unsafe_zip_members_are_refused(tmp_path):
+    from pipeline.unpack import folder_or_zip
+
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("../outside.png", b"x")
+    with pytest.raises(DatasetError, match="unsafe member"), folder_or_zip(archive, "--masks"):
+        pass
+    assert not (tmp_path.parent / "outside.png").exists()
 
 
 def test_builder_with_released_matrices(tmp_path):

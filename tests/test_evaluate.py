@@ -20,11 +20,13 @@ from giftnet.errors import UsageError
 from giftnet.evaluate import evaluate, format_table, main
 from giftnet.metrics import image_metrics
 from giftnet.model import GiftNet
+from giftnet.protocols import Protocol
 from giftnet.weights import load_weights, save_weights
 from pipeline.ihd import read_pairs
+from pipeline.resize import cv2_linear_resize_u8
 
 SIZE = 32  # evaluation resolution: a multiple of 8, small for speed
-KEYS = {"mse", "fmse", "psnr", "fssim", "n"}
+KEYS = {"mse", "fmse", "psnr", "fpsnr", "fssim", "n"}
 # (subset, real id, height, width): odd shapes, two test subsets and one with only a train list.
 LAYOUT = [
     ("SubA", "a1", 64, 80),
@@ -89,19 +91,25 @@ def run(model: nn.Module, pairs, **kw) -> dict:
     return evaluate(model, pairs, **(opts | kw))
 
 
-def direct_composite_rows(pairs) -> dict[str, dict[str, float]]:
-    """The composite row from the files, independently of the loaders: cv2-like bilinear resize."""
+def direct_composite_rows(pairs, size: int | None = SIZE, **conventions) -> dict[str, dict[str, float]]:
+    """The composite row from the files, independently of the loaders: OpenCV's uint8 bilinear
+    (pipeline.resize, checked against OpenCV in test_resize) for images, float bilinear for the mask;
+    `size` None scores at full resolution."""
 
     def load(path: Path, mode: str) -> torch.Tensor:
-        arr = np.asarray(Image.open(path).convert(mode), dtype=np.float32)
-        t = torch.from_numpy(arr.reshape(*arr.shape[:2], -1)).permute(2, 0, 1)[None]
-        return F.interpolate(t, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+        arr = np.asarray(Image.open(path).convert(mode))
+        if mode == "RGB" and size is not None:
+            arr = cv2_linear_resize_u8(arr, size, size)
+        t = torch.from_numpy(arr.astype(np.float32).reshape(*arr.shape[:2], -1)).permute(2, 0, 1)[None]
+        if mode == "L" and size is not None:
+            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+        return t
 
     per: dict[str, list[dict[str, float]]] = {}
     for p in pairs:
-        comp, real = (load(x, "RGB").round().clamp(0, 255) for x in (p.composite, p.real))
+        comp, real = (load(x, "RGB") for x in (p.composite, p.real))
         mask = load(p.mask, "L") / 255.0
-        m = image_metrics(comp, real, mask)
+        m = image_metrics(comp, real, mask, **conventions)
         per.setdefault(p.subset, []).append({k: float(v[0]) for k, v in m.items()})
     per["all"] = [r for s in sorted(per) for r in per[s]]
     return {s: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"n": len(rows)} for s, rows in per.items()}
@@ -136,7 +144,49 @@ def test_identity_model_scores_as_the_composite(data_root: Path, tmp_path: Path)
             assert res["model"][subset][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (subset, k)
     saved = sorted((tmp_path / "out" / "SubB").iterdir())
     assert [p.name for p in saved] == ["b1_1_1.png", "b2_1_1.png"]
-    assert Image.open(saved[0]).size == (SIZE, SIZE)
+    # at the original size; the identity's change is zero, so the file is the composite itself
+    for path, pair in zip(saved, pairs, strict=True):
+        written, original = np.asarray(Image.open(path)), np.asarray(Image.open(pair.composite).convert("RGB"))
+        assert written.shape == original.shape
+        np.testing.assert_array_equal(written, original)
+
+
+@pytest.mark.parametrize("name", ["full", "longest1024"])
+def test_full_resolution_protocols_score_at_the_images_size(data_root: Path, weights: Path, name: str) -> None:
+    """Odd sizes (77x64) are padded to a multiple of 8 for the network and cropped back."""
+    pairs = read_pairs(data_root, None, "test")
+    res = run(Identity(), pairs, protocol=Protocol(name))
+    direct = direct_composite_rows(pairs, size=None)
+    for subset, row in direct.items():
+        for k, v in row.items():
+            assert res["composite"][subset][k] == pytest.approx(v, rel=1e-9, abs=1e-9), (subset, k)
+            assert res["model"][subset][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (subset, k)
+    fixed = run(Identity(), pairs)
+    assert res["composite"]["all"]["mse"] != pytest.approx(fixed["composite"]["all"]["mse"])
+    real = run(load_weights(weights), pairs, protocol=Protocol(name))  # a real network on odd sizes
+    assert all(np.isfinite(real["model"]["all"][k]) for k in ("mse", "fssim"))
+
+
+def test_protocol_sizes() -> None:
+    assert Protocol("fixed", 128).target_size(3000, 2000) == (128, 128)
+    assert Protocol("longest1024").target_size(1500, 6000) == (256, 1024)
+    assert Protocol("longest1024").target_size(4000, 3000) == (1024, 768)
+    assert Protocol("longest1024").target_size(800, 1024) == (800, 1024)  # not larger: kept
+    assert Protocol("full").target_size(4000, 3001) == (4000, 3001)
+    assert [Protocol("fixed", 128).label, Protocol("longest1024").label] == ["Fixed128", "LimitLongest1024"]
+    with pytest.raises(ValueError, match="protocol"):
+        Protocol("Fixed256")
+
+
+def test_metric_conventions_reach_the_rows(data_root: Path) -> None:
+    pairs = read_pairs(data_root, ["SubA"], "test")
+    res = run(Identity(), pairs, psnr_peak="255", fssim_range="255")
+    direct = direct_composite_rows(pairs, psnr_peak="255", fssim_range="255")
+    for k in ("psnr", "fpsnr", "fssim"):
+        assert res["composite"]["all"][k] == pytest.approx(direct["all"][k], rel=1e-9)
+    default = run(Identity(), pairs)
+    assert default["composite"]["all"]["psnr"] != pytest.approx(res["composite"]["all"]["psnr"])
+    assert default["composite"]["all"]["fssim"] != pytest.approx(res["composite"]["all"]["fssim"])
 
 
 def test_format_table_lists_every_row(data_root: Path) -> None:
@@ -146,6 +196,7 @@ def test_format_table_lists_every_row(data_root: Path) -> None:
     text = console.export_text()
     assert text.count("composite") == 2 and text.count("model") == 2  # SubA and All
     assert "All" in text and "fSSIM" in text and f"{res['composite']['all']['mse']:.2f}" in text
+    assert "Fixed256" in text and "CDTNet" in text  # the default conventions, named
 
 
 def test_cli_json(data_root: Path, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -154,12 +205,17 @@ def test_cli_json(data_root: Path, weights: Path, tmp_path: Path, capsys: pytest
     rc = main([*argv, "--device", "cpu", "--backend", "torch", "--workers", "0", "--batch-size", "4", "--no-progress"])
     assert rc == 0
     got = json.loads(out.read_text())
-    assert set(got) == {"model", "composite"} and list(got["model"]) == ["SubA", "SubB", "all"]
+    assert set(got) == {"settings", "model", "composite"} and list(got["model"]) == ["SubA", "SubB", "all"]
+    assert got["settings"]["protocol"] == f"Fixed{SIZE}"  # the real protocol, not "Fixed256"
+    assert "iSSAM" in got["settings"]["psnr_peak"] and "CDTNet" in got["settings"]["fssim_range"]
     expected = run(load_weights(weights), read_pairs(data_root, None, "test"))
     for kind in expected:
         for subset, row in expected[kind].items():
             assert got[kind][subset] == pytest.approx(row, rel=1e-6)  # batch 4 vs 2: conv rounding
-    assert "PSNR" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "PSNR" in printed and f"Fixed{SIZE}" in printed and "Fixed256" not in printed
+    rc = main([*argv, "--device", "cpu", "--backend", "torch", "--workers", "0", "--no-progress", "--psnr-peak", "255"])
+    assert rc == 0 and json.loads(out.read_text())["settings"]["psnr_peak"] == "255 (PCT-Net)"
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,42 @@ def test_procedural_masks(shape):
 
 
 def test_cli_reports_bad_arguments(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--source", str(tmp_path / "absent")]) == 1
+    assert main(["--out", str(tmp_path), "--source", str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+    assert main(["--out", str(tmp_path), "--size", "8"]) == 2
+    assert "--size must be at least 16" in capsys.readouterr().err
+
+
+def _small_photos(folder: Path, side: int) -> Path:
+    from skimage import data
+
+    folder.mkdir(parents=True)
+    for i, array in enumerate((data.chelsea(), data.coffee(), data.rocket())):
+        Image.fromarray(array).resize((side, side)).save(folder / f"p{i}.jpg")
+    return folder
+
+
+def test_cli_warns_when_photos_are_upscaled(tmp_path, capsys):
+    photos = _small_photos(tmp_path / "photos", 80)  # three photos: cut into 56 px train and 24 px test regions
+    args = ["--source", str(photos), "--n-train", "2", "--n-test", "1"]
+    assert main(["--out", str(tmp_path / "big"), *args, "--size", "48"]) == 0
+    err = capsys.readouterr().err
+    assert "3 of 3 photos are smaller than --size 48" in err and "upscaled" in err
+    assert main(["--out", str(tmp_path / "small"), *args, "--size", "20"]) == 0  # 24 * 0.35 < 20: small crops
+    err = capsys.readouterr().err
+    assert "smaller than" not in err and "more photos are upscaled when a small crop" in err
+
+
+def test_cli_refuses_to_overwrite_a_dataset_built_with_other_arguments(tmp_path, capsys):
+    photos = _small_photos(tmp_path / "photos", 48)
+    args = ["--out", str(tmp_path / "out"), "--source", str(photos), "--n-test", "1", "--size", "16"]
+    assert main([*args, "--n-train", "2"]) == 0
+    before = (tmp_path / "out" / SUBSET / "manifest.json").read_bytes()
+    assert main([*args, "--n-train", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "built with other arguments" in err and "n_train: 2 -> 3" in err and "--overwrite" in err
+    assert (tmp_path / "out" / SUBSET / "manifest.json").read_bytes() == before  # untouched
+    assert main([*args, "--n-train", "2"]) == 0  # the same arguments: reused
+    assert main([*args, "--n-train", "3", "--overwrite"]) == 0
+    assert len(read_pairs(tmp_path / "out")) == 3

@@ -200,9 +200,10 @@ def _optimizer_state(
             raise WeightsError(
                 f"{path}: {name} has shape {tuple(value.shape)}, expected () or {tuple(params[int(pid)].shape)}"
             )
+        entry: torch.Tensor | int | float = value
         if name in scalars:
-            value = int(value.item()) if scalars[name] == "int" else float(value.item())
-        state.setdefault(int(pid), {})[key] = value
+            entry = int(value.item()) if scalars[name] == "int" else float(value.item())
+        state.setdefault(int(pid), {})[key] = entry
     return state
 
 

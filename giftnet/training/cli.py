@@ -126,7 +126,8 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     unknown = sorted(set(merged) - names)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}")
-    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()}
+    return TrainConfig(**fields)
 
 
 def main(argv: list[str] | None = None) -> int:

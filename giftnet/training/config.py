@@ -20,7 +20,7 @@ BACKENDS = ("auto", "dali", "torch")
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run needs. Defaults are the paper's recipe (design.md section 4)."""
+    """Everything a run needs. Defaults are the paper's recipe (docs/decisions.md, "Training")."""
 
     data: str | None = None  # iHarmony4-layout root; None: the built-in demo dataset
     subsets: tuple[str, ...] = ()  # subset folders under data; () = every one with a train list
@@ -109,7 +109,7 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         if "model" in kw:
             kw["model"] = ModelConfig.from_dict(data["model"])
         if "loss" in kw:

@@ -12,6 +12,7 @@ from giftnet.evaluate import evaluate, format_table
 from giftnet.fileio import atomic_write_bytes
 from giftnet.metrics import to_255
 from giftnet.model import GiftNet, parameter_breakdown
+from giftnet.protocols import Protocol, settings
 from giftnet.training import distributed as dist
 from giftnet.training.checkpoint import (
     STAGE_ORDER,
@@ -73,7 +74,7 @@ def make_evaluator(ctx: Context, test_pairs):
                 model, test_pairs, batch_size=cfg.eval_batch_size, size=cfg.eval_size, device=ctx.device,
                 backend=cfg.backend, num_workers=cfg.workers, progress=False, precision=ctx.precision,
             )  # fmt: skip
-            Console().print(format_table(results))
+            Console().print(format_table(results, settings(Protocol("fixed", cfg.eval_size), "max", "pred")))
             with (ctx.run / "eval.jsonl").open("a") as f:
                 f.write(json.dumps({"step": progress.step, **results}) + "\n")
             mse = results["model"]["all"]["mse"]
