@@ -3,7 +3,8 @@
 Finds, in one pass, every missing file, zero-byte / unreadable / truncated image, composite-real or
 mask size mismatch, empty mask, mask with differing channels or too many intermediate values, and
 list-file oddities. Grayscale, CMYK, RGBA and 16-bit files are read correctly by pipeline.images
-and reported as warnings only; a full mask is a warning. Exit status 1 if any error.
+and reported as warnings only; a full mask is a warning. Exit status 1 if any error. With `--index`, a
+clean dataset then gets its index (pipeline.index) built or refreshed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.ihd import SPLITS, list_files_for, read_list_file
 from pipeline.images import mask_channels, mask_from_channels, open_image
+from pipeline.index import INDEX_NAME, index_file_for, index_pairs, stale_entries
 from pipeline.pairs import DatasetError, Pair
 
 Severity = Literal["error", "warning"]
@@ -243,6 +245,18 @@ def require_valid(
     return problems
 
 
+def _index_line(pairs: list[Pair], build: bool, workers: int | None) -> str:
+    """Build / refresh the dataset index (build=True) or say how many of its entries are out of date."""
+    if build:
+        built = index_pairs(pairs, workers=workers)
+        where = ", ".join(str(p) for p in built.files) or "nothing to write"
+        return f"index: {built.rebuilt} entr(ies) built or refreshed for {len(pairs)} pair(s); {where}"
+    if not any(p is not None and p.is_file() for p in {index_file_for(pair) for pair in pairs}):
+        return "index: none yet (the loaders build it on first use, or run with --index)"
+    stale, total = stale_entries(pairs)
+    return f"index: {stale} of {total} file entries missing or out of date" + (" (--index refreshes)" if stale else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print every problem, one a line, then a summary; exit status 1 if any is an error."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.check", description=__doc__.split("\n")[0])
@@ -251,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=[*SPLITS, "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="headers only: do not decode images or read masks")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 8)")
+    parser.add_argument(
+        "--index",
+        action="store_true",
+        help=f"after a check without errors, build or refresh the dataset index (SUBSET/{INDEX_NAME})",
+    )
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.markup import escape
@@ -266,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = sum(p.severity == "error" for p in problems)
     warnings = len(problems) - errors
     console.print(f"{args.root}: {len(pairs)} pair(s) checked, {errors} error(s), {warnings} warning(s)")
+    if pairs and not errors:
+        console.print(escape(_index_line(pairs, args.index, args.workers)))
     return 1 if errors else 0
 
 

@@ -197,3 +197,19 @@ def test_non_plain_masks_are_flagged(tmp_path):
         idx = index_pairs(pairs, workers=1)
     assert [s.plain for s in idx.masks] == [False, True]
     assert math.isclose(float(idx.masks[0].sums.sum()), float(m.sum()))
+
+
+def test_checker_builds_then_checks_the_index(tmp_path, capsys):
+    from pipeline.check import main
+
+    pairs = write_subset(tmp_path / "Sub", n=3)
+    (tmp_path / "Sub" / "Sub_train.txt").write_text("".join(f"{p.composite.name}\n" for p in pairs))
+    assert main([str(tmp_path), "--quick", "--split", "train"]) == 0
+    assert "index: none yet" in capsys.readouterr().out
+    assert main([str(tmp_path), "--index", "--split", "train"]) == 0
+    assert "index: 9 entr(ies) built" in capsys.readouterr().out and (tmp_path / "Sub" / INDEX_NAME).is_file()
+    assert main([str(tmp_path), "--quick", "--split", "train"]) == 0
+    assert "index: 0 of 9 file entries missing or out of date" in capsys.readouterr().out
+    os.utime(pairs[0].real, ns=(5, 5))
+    assert main([str(tmp_path), "--quick", "--split", "train"]) == 0
+    assert "index: 1 of 9 file entries missing or out of date (--index refreshes)" in capsys.readouterr().out
