@@ -24,6 +24,7 @@ the fallback's target. So sample_crop_indexed returns exactly what augment.sampl
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import os
@@ -89,11 +90,29 @@ class MaskSummary:
         area = np.outer(np.diff(ys), np.diff(xs))
         return ys, xs, area, self.sums.astype(np.int64)
 
+    @functools.cached_property
+    def _table(self) -> tuple[list[int], list[int], list[list[int]]]:
+        """Cell edges and the cells' summed-area table as Python lists, for quick_bounds."""
+        ys, xs, _, sums = self._cells
+        table = np.zeros((sums.shape[0] + 1, sums.shape[1] + 1), np.int64)
+        table[1:, 1:] = sums.cumsum(0).cumsum(1)
+        return ys.tolist(), xs.tolist(), table.tolist()
+
+    def quick_bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
+        """Looser bounds in a few Python operations: the cells inside the window, the cells it touches."""
+        ys, xs, t = self._table
+        i0, i1 = bisect.bisect_left(ys, top), bisect.bisect_right(ys, top + h) - 1
+        j0, j1 = bisect.bisect_left(xs, left), bisect.bisect_right(xs, left + w) - 1
+        low = t[i1][j1] - t[i0][j1] - t[i1][j0] + t[i0][j0] if i1 > i0 and j1 > j0 else 0
+        r0, r1 = bisect.bisect_right(ys, top) - 1, bisect.bisect_left(ys, top + h)
+        c0, c1 = bisect.bisect_right(xs, left) - 1, bisect.bisect_left(xs, left + w)
+        return low, t[r1][c1] - t[r0][c1] - t[r1][c0] + t[r0][c0]
+
     def bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
         """(lowest, highest) possible sum of mask values in the window, exact to the cell sums."""
         ys, xs, area, sums = self._cells
-        oy = np.clip(np.minimum(ys[1:], top + h) - np.maximum(ys[:-1], top), 0, None)
-        ox = np.clip(np.minimum(xs[1:], left + w) - np.maximum(xs[:-1], left), 0, None)
+        oy = np.maximum(np.minimum(ys[1:], top + h) - np.maximum(ys[:-1], top), 0)
+        ox = np.maximum(np.minimum(xs[1:], left + w) - np.maximum(xs[:-1], left), 0)
         inside = np.outer(oy, ox)
         high = np.minimum(sums, 255 * inside).sum()
         low = np.maximum(sums - 255 * (area - inside), 0).sum()
@@ -109,11 +128,12 @@ class _Judge:
 
     def __call__(self, top: int, left: int, h: int, w: int) -> bool:
         if self.mask is None:
-            low, high = self.summary.bounds(top, left, h, w)
-            if area_from_sum(low, h, w, self.crop_size) > 1.0:
-                return True
-            if area_from_sum(high, h, w, self.crop_size) <= 1.0:
-                return False
+            for bounds in (self.summary.quick_bounds, self.summary.bounds):
+                low, high = bounds(top, left, h, w)
+                if area_from_sum(low, h, w, self.crop_size) > 1.0:
+                    return True
+                if area_from_sum(high, h, w, self.crop_size) <= 1.0:
+                    return False
             self.mask = self.load_mask()
             if self.mask.shape != self.summary.shape:
                 raise DatasetError(f"mask is {self.mask.shape} but the dataset index says {self.summary.shape}")
