@@ -195,7 +195,7 @@ def run(
         else:
             for side in sides:
                 made = from_photos(photos, Path(tmp) / str(side), cfg["pairs"], long_side=side)
-                sets.append((made, f"{photos.name} photos resized to {side} px long side"))
+                sets.append((made, f"real photos, {side} px long side"))
         for made, images in sets:
             start = time.perf_counter()
             index_pairs(made)
@@ -203,6 +203,11 @@ def run(
             for row in compare(made, cfg, images=images, cores_list=cores_list, device=device):
                 rows.append(row | {"index_build_ms_per_pair": built})
     info = machine()
+    if photos is not None:
+        info["source"] = (
+            f"{photos}: photos and masks at their own size, resized to the long side shown (images bicubic, "
+            "masks nearest); composites recoloured inside the mask; JPEG q90, masks 8-bit PNG"
+        )
     return [row | info | {"load_avg_1min": row.get("load_avg_1min", info["load_avg_1min"])} for row in rows]
 
 
@@ -241,6 +246,7 @@ def markdown(rows: list[dict]) -> str:
             f"{info['pairs']} pairs per image size, batch {info['batch_size']}, crop {info['crop_size']}, "
             f"device {info['device']}; one timed epoch per loader after a 3-batch warm-up. Load: the 1-minute "
             "load average at the end of each figure.",
+            *([f"Images: {info['source']}."] if info.get("source") else []),
             f"Masks decoded by the feeder (the grid could not decide): {', '.join(f'{d:.2%}' for d in decoded)} "
             "of pairs.",
             "",
