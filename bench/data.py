@@ -5,6 +5,7 @@ that many CPUs) one run measures, in turn:
 
 - feeder: pipeline.dali_feed.TrainFeed alone (file reads and index-based crops, what DALI's worker
   processes run), in `cores` processes at once; pairs/s per process;
+- feeder_pil: the feeder it replaced (every mask decoded with PIL, the crop drawn on it), likewise;
 - torch: make_train_loader(backend="torch", num_workers=cores): DataLoader worker processes + PIL;
 - dali: make_train_loader(backend="dali", num_workers=cores): DALI CPU threads (GPU decoding with
   CUDA), fed by one worker process from 2 cores on.
@@ -31,21 +32,22 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.common import machine
 from bench.data_sets import from_photos, make_triplets
 from giftnet.fileio import atomic_write_text
 from pipeline import dali_loader
-from pipeline.augment import ShardPlan
-from pipeline.dali_feed import TrainFeed
+from pipeline.augment import ShardPlan, read_mask, sample_crop
+from pipeline.dali_feed import TrainFeed, read_bytes
 from pipeline.index import index_pairs
 from pipeline.loaders import make_train_loader
 from pipeline.pairs import Pair
 
 FULL = {"pairs": 320, "batch_size": 16, "crop_size": 256, "feed_epochs": 10}
 TINY = {"pairs": 24, "batch_size": 4, "crop_size": 32, "feed_epochs": 2}
-BACKENDS = ("feeder", "torch", "dali")
+BACKENDS = ("feeder", "feeder_pil", "torch", "dali")
 
 
 def _cpu_seconds() -> float:
@@ -81,13 +83,25 @@ def pinned(cores: int) -> Iterator[None]:
 _FEED: dict = {}  # what forked feeder processes read: pairs, index, plan, crop size
 
 
-def _feed_worker(epochs: int) -> tuple[int, float, float, int]:
-    """In a forked process: run the feeder over `epochs` epochs; (pairs, seconds, CPU s, masks decoded)."""
+def _feed_worker(epochs: int, with_index: bool = True) -> tuple[int, float, float, int]:
+    """In a forked process: run the feeder over `epochs` epochs; (pairs, seconds, CPU s, masks decoded).
+
+    with_index=False times the feeder this one replaced: bytes read, every mask decoded with PIL,
+    the crop drawn on the decoded mask and its window cut out.
+    """
     pairs, masks, plan, crop = _FEED["pairs"], _FEED["masks"], _FEED["plan"], _FEED["crop"]
     count = decoded = 0
     start, cpu = time.perf_counter(), time.process_time()
     for epoch in range(epochs):
         batches = plan.batches(epoch)
+        if not with_index:
+            for i in (int(i) for b in batches for i in b):
+                read_bytes(pairs[i].composite), read_bytes(pairs[i].real)
+                mask = read_mask(pairs[i].mask)
+                p = sample_crop(mask, crop_size=crop, seed=plan.seed, epoch=epoch, index=i)
+                np.ascontiguousarray(mask[p.top : p.top + p.height, p.left : p.left + p.width])
+                count, decoded = count + 1, decoded + 1
+            continue
         feed = TrainFeed(pairs, masks, crop_size=crop, seed=plan.seed, epoch=epoch, batches=batches)
         for k in range(len(batches)):
             count += len(feed(k)[0])
@@ -95,7 +109,7 @@ def _feed_worker(epochs: int) -> tuple[int, float, float, int]:
     return count, time.perf_counter() - start, time.process_time() - cpu, decoded
 
 
-def time_feeder(pairs: list[Pair], cfg: dict, cores: int) -> dict:
+def time_feeder(pairs: list[Pair], cfg: dict, cores: int, with_index: bool = True) -> dict:
     """The feeder alone in `cores` processes at once: per-process pairs/s, CPU s per pair."""
     _FEED.update(
         pairs=pairs,
@@ -104,7 +118,8 @@ def time_feeder(pairs: list[Pair], cfg: dict, cores: int) -> dict:
         crop=cfg["crop_size"],
     )
     with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("fork")) as pool:
-        runs = list(pool.map(_feed_worker, [cfg["feed_epochs"]] * cores))
+        epochs = cfg["feed_epochs"] if with_index else max(1, cfg["feed_epochs"] // 5)
+        runs = list(pool.map(_feed_worker, [epochs] * cores, [with_index] * cores))
     n = sum(r[0] for r in runs)
     per_process = sum(r[0] / r[1] for r in runs) / cores
     return {
@@ -112,7 +127,7 @@ def time_feeder(pairs: list[Pair], cfg: dict, cores: int) -> dict:
         "pairs_per_s_per_process": round(per_process, 1),
         "cpu_s_per_pair": round(sum(r[2] for r in runs) / n, 6),
         "masks_decoded": round(sum(r[3] for r in runs) / n, 4),
-        "decode": "none (file reads + index crops)",
+        "decode": "none (file reads + index crops)" if with_index else "PIL mask decode (the old feeder)",
     }
 
 
@@ -144,7 +159,7 @@ def compare(pairs: list[Pair], cfg: dict, *, images: str, cores_list: list[int],
     """Rows for every (core count, backend) on these pairs, torch and dali alternating in order."""
     rows = []
     for cores in cores_list:
-        order = ["feeder", "torch", "dali"] if cores % 2 else ["feeder", "dali", "torch"]
+        order = ["feeder", "feeder_pil", *(["torch", "dali"] if cores % 2 else ["dali", "torch"])]
         got = {}
         with pinned(cores):
             for name in order:
@@ -160,14 +175,15 @@ def compare(pairs: list[Pair], cfg: dict, *, images: str, cores_list: list[int],
                     skip = f"DALI not importable: {dali_loader.DALI_IMPORT_ERROR}"
                     got[name] = base | {"skipped": skip, "pairs_per_s": None}
                     continue
-                fig = (
-                    time_feeder(pairs, cfg, cores) if name == "feeder" else time_loader(pairs, cfg, cores, name, device)
-                )
+                if name.startswith("feeder"):
+                    fig = time_feeder(pairs, cfg, cores, with_index=name == "feeder")
+                else:
+                    fig = time_loader(pairs, cfg, cores, name, device)
                 got[name] = base | fig | {"load_avg_1min": _load()}
         torch_rate = got["torch"]["pairs_per_s"]
         for name in BACKENDS:
             rate = got[name]["pairs_per_s"]
-            got[name]["vs_torch"] = round(rate / torch_rate, 2) if rate and name != "feeder" else None
+            got[name]["vs_torch"] = round(rate / torch_rate, 2) if rate and not name.startswith("feeder") else None
             rows.append(got[name])
     return rows
 

@@ -12,8 +12,9 @@ def test_tiny_benchmark_reports_feeder_torch_and_dali(tmp_path):
     out, note = tmp_path / "data.json", tmp_path / "data.md"
     assert data.main(["--tiny", "--json", str(out), "--markdown", str(note)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["backend"] for r in rows] == ["feeder", "torch", "dali"]
-    feeder, torch_row, dali_row = rows
+    assert [r["backend"] for r in rows] == ["feeder", "feeder_pil", "torch", "dali"]
+    feeder, old_feeder, torch_row, dali_row = rows
+    assert old_feeder["masks_decoded"] == 1.0 and old_feeder["pairs_per_s_per_process"] > 0
     assert feeder["pairs_per_s_per_process"] > 0 and feeder["cpu_s_per_pair"] > 0
     assert 0 <= feeder["masks_decoded"] <= 1
     assert torch_row["pairs_per_s"] > 0 and torch_row["vs_torch"] == 1.0 and torch_row["cpu_s_per_pair"] > 0
@@ -33,8 +34,8 @@ def test_tiny_benchmark_reports_feeder_torch_and_dali(tmp_path):
 def test_without_dali_the_row_is_skipped_not_failed(monkeypatch):
     monkeypatch.setattr(dali_loader, "DALI_IMPORT_ERROR", "No module named 'nvidia.dali'")
     rows = data.run(tiny=True, pairs=8)
-    assert rows[2]["skipped"].startswith("DALI not importable") and rows[2]["vs_torch"] is None
-    assert rows[1]["pairs_per_s"] > 0 and rows[1]["pairs"] == 8
+    assert rows[3]["skipped"].startswith("DALI not importable") and rows[3]["vs_torch"] is None
+    assert rows[2]["pairs_per_s"] > 0 and rows[2]["pairs"] == 8
     assert "skipped" in data.markdown(rows)
 
 
