@@ -83,24 +83,37 @@ class MaskSummary:
     def of(cls, mask: np.ndarray, plain: bool, grid: int = GRID) -> MaskSummary:
         return cls((int(mask.shape[0]), int(mask.shape[1])), grid_sums(mask, grid), median_foreground(mask), plain)
 
-    @functools.cached_property
-    def _cells(self) -> tuple[np.ndarray, ...]:
-        g = self.sums.shape[0]
-        ys, xs = cell_edges(self.shape[0], g), cell_edges(self.shape[1], g)
-        area = np.outer(np.diff(ys), np.diff(xs))
-        return ys, xs, area, self.sums.astype(np.int64)
-
-    @functools.cached_property
-    def _table(self) -> tuple[list[int], list[int], list[list[int]]]:
-        """Cell edges and the cells' summed-area table as Python lists, for quick_bounds."""
-        ys, xs, _, sums = self._cells
-        table = np.zeros((sums.shape[0] + 1, sums.shape[1] + 1), np.int64)
-        table[1:, 1:] = sums.cumsum(0).cumsum(1)
-        return ys.tolist(), xs.tolist(), table.tolist()
+    def view(self) -> GridView:
+        """The arrays the bounds need, made for one crop draw (kept off the summary: memory)."""
+        return GridView(self)
 
     def quick_bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
-        """Looser bounds in a few Python operations: the cells inside the window, the cells it touches."""
-        ys, xs, t = self._table
+        return self.view().quick_bounds(top, left, h, w)
+
+    def bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
+        return self.view().bounds(top, left, h, w)
+
+
+@functools.lru_cache(maxsize=4096)
+def _geometry(height: int, width: int, grid: int) -> tuple:
+    """Cell edges (arrays and lists) and cell areas of an image size; iHarmony4 repeats a few sizes."""
+    ys, xs = cell_edges(height, grid), cell_edges(width, grid)
+    return ys, xs, ys.tolist(), xs.tolist(), np.outer(np.diff(ys), np.diff(xs))
+
+
+class GridView:
+    """A mask summary's bounds on the sum of mask values in a window, loose and fast or exact."""
+
+    def __init__(self, summary: MaskSummary) -> None:
+        self.ys, self.xs, self.ys_list, self.xs_list, self.area = _geometry(*summary.shape, summary.sums.shape[0])
+        self.sums = summary.sums.astype(np.int64)
+        table = np.zeros((self.sums.shape[0] + 1, self.sums.shape[1] + 1), np.int64)
+        table[1:, 1:] = self.sums.cumsum(0).cumsum(1)
+        self.table = table.tolist()
+
+    def quick_bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
+        """Loose bounds in a few Python operations: the cells inside the window, the cells it touches."""
+        ys, xs, t = self.ys_list, self.xs_list, self.table
         i0, i1 = bisect.bisect_left(ys, top), bisect.bisect_right(ys, top + h) - 1
         j0, j1 = bisect.bisect_left(xs, left), bisect.bisect_right(xs, left + w) - 1
         low = t[i1][j1] - t[i0][j1] - t[i1][j0] + t[i0][j0] if i1 > i0 and j1 > j0 else 0
@@ -110,12 +123,12 @@ class MaskSummary:
 
     def bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
         """(lowest, highest) possible sum of mask values in the window, exact to the cell sums."""
-        ys, xs, area, sums = self._cells
+        ys, xs = self.ys, self.xs
         oy = np.maximum(np.minimum(ys[1:], top + h) - np.maximum(ys[:-1], top), 0)
         ox = np.maximum(np.minimum(xs[1:], left + w) - np.maximum(xs[:-1], left), 0)
         inside = np.outer(oy, ox)
-        high = np.minimum(sums, 255 * inside).sum()
-        low = np.maximum(sums - 255 * (area - inside), 0).sum()
+        high = np.minimum(self.sums, 255 * inside).sum()
+        low = np.maximum(self.sums - 255 * (self.area - inside), 0).sum()
         return int(low), int(high)
 
 
@@ -125,10 +138,12 @@ class _Judge:
     def __init__(self, summary: MaskSummary, crop_size: int, load_mask: Callable[[], np.ndarray]) -> None:
         self.summary, self.crop_size, self.load_mask = summary, crop_size, load_mask
         self.mask: np.ndarray | None = None
+        self.view: GridView | None = None
 
     def __call__(self, top: int, left: int, h: int, w: int) -> bool:
         if self.mask is None:
-            for bounds in (self.summary.quick_bounds, self.summary.bounds):
+            view = self.view = self.view or self.summary.view()
+            for bounds in (view.quick_bounds, view.bounds):
                 low, high = bounds(top, left, h, w)
                 if area_from_sum(low, h, w, self.crop_size) > 1.0:
                     return True
