@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -145,18 +146,32 @@ def random_resized_crop(
 def foreground_area(mask: np.ndarray, top: int, left: int, h: int, w: int, crop_size: int) -> float:
     """Foreground area, in output pixels, of the crop window resized to crop_size x crop_size."""
     window = mask[top : top + h, left : left + w]
-    return float(window.sum(dtype=np.int64)) / 255.0 * (crop_size * crop_size) / (h * w)
+    return area_from_sum(int(window.sum(dtype=np.int64)), h, w, crop_size)
 
 
-def _centre_on_foreground(mask: np.ndarray, top: int, left: int, h: int, w: int) -> tuple[int, int]:
-    """Move an (h, w) window so that it holds a foreground pixel (the median one in raster order)."""
+def area_from_sum(total: int, h: int, w: int, crop_size: int) -> float:
+    """foreground_area from the window's sum of mask values: monotonic in `total`, so bounds on the
+    sum give bounds on the area (pipeline.index decides the keep-background rule that way)."""
+    return float(total) / 255.0 * (crop_size * crop_size) / (h * w)
+
+
+def median_foreground(mask: np.ndarray) -> tuple[int, int] | None:
+    """(y, x) of the median non-zero pixel in raster order, None for an empty mask."""
     fg = np.flatnonzero(mask)
     if fg.size == 0:
-        return top, left
+        return None
     y, x = divmod(int(fg[fg.size // 2]), mask.shape[1])
-    top = min(max(y - h // 2, 0), mask.shape[0] - h)
-    left = min(max(x - w // 2, 0), mask.shape[1] - w)
-    return top, left
+    return y, x
+
+
+def centre_window(
+    point: tuple[int, int] | None, shape: tuple[int, int], top: int, left: int, h: int, w: int
+) -> tuple[int, int]:
+    """Move an (h, w) window inside an image of `shape` so that it is centred on `point` (if any)."""
+    if point is None:
+        return top, left
+    y, x = point
+    return min(max(y - h // 2, 0), shape[0] - h), min(max(x - w // 2, 0), shape[1] - w)
 
 
 def sample_crop(
@@ -179,15 +194,50 @@ def sample_crop(
     After `max_attempts` rejections the last window is moved onto the foreground, so an epoch
     never stalls (an empty mask keeps the last window as drawn).
     """
-    height, width = mask.shape
+    return draw_crop(
+        mask.shape,
+        lambda top, left, h, w: foreground_area(mask, top, left, h, w, crop_size) > 1.0,
+        lambda: median_foreground(mask),
+        seed=seed,
+        epoch=epoch,
+        index=index,
+        scale=scale,
+        ratio=ratio,
+        flip_prob=flip_prob,
+        keep_background_prob=keep_background_prob,
+        max_attempts=max_attempts,
+    )
+
+
+def draw_crop(
+    shape: tuple[int, int],
+    has_foreground: Callable[[int, int, int, int], bool],
+    median_point: Callable[[], tuple[int, int] | None],
+    *,
+    seed: int,
+    epoch: int,
+    index: int,
+    scale: tuple[float, float] = SCALE,
+    ratio: tuple[float, float] = RATIO,
+    flip_prob: float = FLIP_PROB,
+    keep_background_prob: float = KEEP_BACKGROUND_PROB,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> CropParams:
+    """sample_crop's draws for an image of `shape`, asking `has_foreground(top, left, h, w)` whether
+    a window passes the keep-background rule and `median_point()` where to move the last one.
+
+    The mask itself is not needed: pipeline.index answers both questions from its summary, so
+    the same draws (and so the same crops) come without decoding the mask.
+    """
+    height, width = shape
     for attempt in range(max_attempts):
         rng = _rng(_CROP_STREAM, seed, epoch, index, attempt)
         top, left, h, w = random_resized_crop(height, width, rng, scale, ratio)
         flip = bool(rng.random() < flip_prob)
         keep = bool(rng.random() < keep_background_prob)
-        if keep or foreground_area(mask, top, left, h, w, crop_size) > 1.0:
+        if keep or has_foreground(top, left, h, w):
             return CropParams(top, left, h, w, flip)
-    top, left = _centre_on_foreground(mask, top, left, h, w)
+    top, left = centre_window(median_point(), shape, top, left, h, w)
     return CropParams(top, left, h, w, flip)
 
 
@@ -201,7 +251,10 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def image_size(path: Path, data: bytes | None = None) -> tuple[int, int]:
-    """(height, width) from an image's header, without decoding it."""
+    """(height, width) from an image's header, without decoding it (EXIF rotation applied for a path)."""
+    if data is None:
+        header = images.read_header(path)  # the one decoder's view: rotated size, pixel budget, regular file
+        return header.height, header.width
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as img:
             width, height = img.size

@@ -6,7 +6,8 @@ list-file oddities (including lines that leave the dataset root), and images dec
 than the decoder's budget. Files the loaders read in a special way (EXIF-rotated, 16-bit, grayscale,
 palette, CMYK, with alpha) are decoded by pipeline.images, the loaders' own decoder, and reported as
 warnings saying what the loaders do with them; a full mask is a warning. Exit status 1 if any error,
-2 for a bad argument.
+2 for a bad argument. With `--index`, a clean dataset then gets its index (pipeline.index) built or
+refreshed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from giftnet.errors import DataError, UsageError, run_cli
 from giftnet.messages import first_n
 from pipeline.ihd import SPLITS, list_files_for, read_list_file
 from pipeline.images import Header, mask_channels, mask_from_channels, open_image, read_header, read_rgb
+from pipeline.index import INDEX_NAME, index_file_for, index_pairs, stale_entries
 from pipeline.pairs import DatasetError, Pair
 
 Severity = Literal["error", "warning"]
@@ -241,6 +243,18 @@ def require_valid(
     return problems
 
 
+def _index_line(pairs: list[Pair], build: bool, workers: int | None) -> str:
+    """Build / refresh the dataset index (build=True) or say how many of its entries are out of date."""
+    if build:
+        built = index_pairs(pairs, workers=workers)
+        where = ", ".join(str(p) for p in built.files) or "nothing to write"
+        return f"index: {built.rebuilt} entr(ies) built or refreshed for {len(pairs)} pair(s); {where}"
+    if not any(p is not None and p.is_file() for p in {index_file_for(pair) for pair in pairs}):
+        return "index: none yet (the loaders build it on first use, or run with --index)"
+    stale, total = stale_entries(pairs)
+    return f"index: {stale} of {total} file entries missing or out of date" + (" (--index refreshes)" if stale else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.check", description=__doc__.split("\n")[0])
     parser.add_argument("root", type=Path, help="dataset root (holding subset folders) or one subset folder")
@@ -248,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=[*SPLITS, "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="headers only: do not decode images or read masks")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 8)")
+    parser.add_argument(
+        "--index",
+        action="store_true",
+        help=f"after a check without errors, build or refresh the dataset index (SUBSET/{INDEX_NAME})",
+    )
     return parser
 
 
@@ -274,6 +293,8 @@ def _report(args: argparse.Namespace) -> int:
     errors = sum(p.severity == "error" for p in problems)
     warnings = len(problems) - errors
     console.print(f"{args.root}: {len(pairs)} pair(s) checked, {errors} error(s), {warnings} warning(s)")
+    if pairs and not errors:
+        console.print(escape(_index_line(pairs, args.index, args.workers)))
     return 1 if errors else 0
 
 

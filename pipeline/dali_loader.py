@@ -1,15 +1,16 @@
 """NVIDIA DALI loaders: JPEG decoding on the GPU (`device="mixed"`) with CUDA, on DALI's CPU threads without.
 
-Design. A Python external source feeds each batch: the encoded composite and real JPEG bytes,
-the mask (decoded here with PIL, because the keep-background rule must see its pixels before the
-crop is chosen; only the crop window travels on), and the crop window and flip from
-pipeline.augment. DALI then decodes only the window of each JPEG (fn.decoders.image_slice: ROI
-decoding), resizes it bilinearly without antialiasing (cv2.INTER_LINEAR, as iSSAM), and mirrors,
-normalises and transposes it to CHW in one fn.crop_mirror_normalize. DALI's own readers and
-random operators are not used: the crop depends on the mask and must be a pure function of
-(seed, epoch, pair index) so that both backends agree and a resumed run replays exactly. A
-pipeline is built per epoch() call (~50 ms) over just the batches asked for, so resuming at a
-batch decodes nothing before it.
+Design. Training: pipeline.dali_feed.TrainFeed feeds each batch (in DALI worker processes, the
+parallel external source, or in this process): the encoded composite, real and mask bytes and the
+crop window and flip, drawn from the dataset index (pipeline.index) without decoding the mask.
+DALI then decodes only the window of each file (fn.decoders.image_slice: ROI decoding; the mask
+too, as 8-bit grayscale), resizes it bilinearly without antialiasing (cv2.INTER_LINEAR, as
+iSSAM), and mirrors, normalises and transposes it to CHW in one fn.crop_mirror_normalize.
+Evaluation: a Python external source feeds the bytes and the mask decoded with PIL. DALI's own
+readers and random operators are not used: the crop depends on the mask and must be a pure
+function of (seed, epoch, pair index) so that both backends agree and a resumed run replays
+exactly. A pipeline is built per epoch() call (~50 ms) over just the batches asked for, so
+resuming at a batch decodes nothing before it.
 
 Decoding policy: pipeline.images, the package's one decoder, decides per file (from its header)
 whether DALI may decode the stored bytes (plain 8-bit RGB/gray JPEG and PNG without EXIF rotation:
@@ -29,6 +30,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -41,8 +43,9 @@ from pipeline.augment import (
     check_same_size,
     image_size,
     read_mask,
-    sample_crop,
 )
+from pipeline.dali_feed import LAYOUTS, NUM_OUTPUTS, TrainFeed
+from pipeline.index import index_pairs
 from pipeline.pairs import DatasetError, Pair
 
 try:
@@ -194,12 +197,12 @@ def _serve(
             pool.shutdown(cancel_futures=True)
 
 
-def _pipeline(batch_size: int, num_workers: int, device: torch.device) -> Pipeline:
+def _pipeline(batch_size: int, num_workers: int, device: torch.device, **extra: object) -> Pipeline:
     return Pipeline(
         batch_size=batch_size,
         num_threads=max(1, num_workers),
         device_id=_device_id(device),
-        prefetch_queue_depth=2,
+        **({"prefetch_queue_depth": 2} | extra),
     )
 
 
@@ -230,7 +233,13 @@ def _chw(x: object, mirror: object = None, mean: Sequence[float] = (0.0,), std: 
 
 
 class DaliTrainLoader:
-    """Training batches from a DALI pipeline; see loaders.make_train_loader."""
+    """Training batches from a DALI pipeline; see loaders.make_train_loader.
+
+    Fed by pipeline.dali_feed.TrainFeed from the dataset index (pipeline.index, built or refreshed
+    here): `feed_processes` DALI worker processes run it (the parallel external source), 0 runs it
+    in this process. The default is one process once num_workers >= 2: one feeder process keeps
+    up with dozens of decoding cores.
+    """
 
     backend = "dali"
 
@@ -246,43 +255,45 @@ class DaliTrainLoader:
         num_workers: int,
         device: torch.device,
         drop_last: bool,
+        feed_processes: int | None = None,
     ) -> None:
         require_dali()
         self.pairs = list(pairs)
-        self._files = _PairFiles(self.pairs)
+        self.index = index_pairs(self.pairs)
         self.batch_size, self.crop_size, self.seed = batch_size, crop_size, seed
         self.num_workers, self.device = num_workers, device
+        self.feed_processes = (1 if num_workers >= 2 else 0) if feed_processes is None else feed_processes
         self.plan = ShardPlan(len(self.pairs), batch_size, seed, rank, world_size, drop_last)
 
     def __len__(self) -> int:
         return len(self.plan)
 
-    def _sample(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
-        comp, real, mask = self._files(index)
-        p = sample_crop(mask, crop_size=self.crop_size, seed=self.seed, epoch=epoch, index=index)
-        window = np.ascontiguousarray(mask[p.top : p.top + p.height, p.left : p.left + p.width, None])
-        return (
-            comp,
-            real,
-            window,
-            np.array([p.left, p.top], dtype=np.int32),
-            np.array([p.width, p.height], dtype=np.int32),
-            np.array(int(p.flip), dtype=np.int32),
-            np.array(index, dtype=np.int64),
+    def feed(self, epoch: int, batches: Sequence[np.ndarray]) -> TrainFeed:
+        """The external source for `batches` of `epoch` (also what bench.data times alone)."""
+        return TrainFeed(
+            self.pairs, self.index.masks, crop_size=self.crop_size, seed=self.seed, epoch=epoch, batches=batches
         )
 
-    def _build(self, feeder: _Feeder) -> Pipeline:
-        pipe = _pipeline(self.batch_size, self.num_workers, self.device)
+    def _define(self, feed: TrainFeed) -> Pipeline:
+        """The graph, defined but not built (DALI's definition-time checks run here)."""
+        parallel = self.feed_processes > 0
+        extra = {}
+        if parallel:
+            # fork is cheap but unsafe once CUDA is initialised; spawn pickles the feed instead.
+            method = "spawn" if self.device.type == "cuda" else "fork"
+            depth = max(2, self.feed_processes)
+            extra = {"py_num_workers": self.feed_processes, "py_start_method": method, "prefetch_queue_depth": depth}
+        pipe = _pipeline(self.batch_size, self.num_workers, self.device, **extra)
         decode = _decoder(self.device, sliced=True)
         with pipe:
             comp, real, mask, anchor, shape, flip, index = fn.external_source(
-                source=feeder, num_outputs=7, batch=True, layout=["", "", "HWC", "", "", "", ""]
+                source=feed, num_outputs=NUM_OUTPUTS, batch=True, batch_info=True, parallel=parallel, layout=LAYOUTS
             )
             # Bilinear without antialiasing: cv2.INTER_LINEAR, as iSSAM's RandomResizedCrop.
             resize = functools.partial(fn.resize, size=[self.crop_size, self.crop_size], antialias=False)
             comp, real = (resize(decode(x, anchor, shape)) for x in (comp, real))
-            if self.device.type == "cuda":
-                mask = mask.gpu()
+            # The mask's window, decoded by DALI too (8-bit grayscale PNG: the values PIL reads).
+            mask = decode(mask, anchor, shape, output_type=types.GRAY)
             mask = dmath.clamp(resize(mask, dtype=types.FLOAT), 0.0, 255.0)  # filter round-off
             pipe.set_outputs(
                 _chw(comp, flip, _MEAN_255, _STD_255),
@@ -290,7 +301,6 @@ class DaliTrainLoader:
                 _chw(mask, flip, std=(255.0,)),
                 index,
             )
-        pipe.build()
         return pipe
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
@@ -298,13 +308,34 @@ class DaliTrainLoader:
         batches = self.plan.batches(epoch, start_batch)
         if not batches:
             return
-        yield from _serve(
-            self._build, batches, functools.partial(self._sample, epoch), self.num_workers, self.pairs, self._convert
-        )
+        pipe = self._define(self.feed(epoch, batches))
+        try:
+            pipe.build()
+            for k in range(len(batches)):
+                # The batches DALI may have in flight, for naming a file it cannot decode.
+                inflight = SimpleNamespace(pending=collections.deque(batches[k : k + 3]))
+                yield self._convert(_run_fed(pipe, inflight, self.pairs))
+        finally:
+            getattr(pipe, "_shutdown", lambda: None)()  # see _serve: stop DALI's threads and workers now
+            del pipe
 
     def _convert(self, outs: tuple) -> dict[str, torch.Tensor]:
         keys = ("composite", "real", "mask", "index")
         return {k: _to_torch(o, self.device) for k, o in zip(keys, outs, strict=True)}
+
+
+_WORKER_ERROR = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
+
+
+def _run_fed(pipe: Pipeline, inflight: object, pairs: Sequence[Pair]) -> tuple:
+    """_run, also turning a DatasetError raised in a DALI worker process back into one."""
+    try:
+        return _run(pipe, inflight, pairs)
+    except Exception as e:  # DALI re-raises a worker's exception as a bare Exception with its traceback
+        text = str(e)
+        if type(e) is Exception and _WORKER_ERROR in text:
+            raise DatasetError(text.split(_WORKER_ERROR)[-1].strip().splitlines()[0]) from None
+        raise
 
 
 class DaliEvalLoader:

@@ -255,6 +255,23 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def plain_gray_png(path: str | Path) -> bool:
+    """True for an 8-bit grayscale PNG without transparency or EXIF rotation: DALI decodes its
+    stored bytes to exactly `read_mask`'s values, so a mask like it can travel undecoded."""
+    try:
+        with _open(Path(path)) as image:
+            header = _header_of(Path(path), image)
+            return (
+                header.format == "PNG"
+                and header.mode == "L"
+                and header.orientation == 1
+                and not header.sixteen_bit
+                and "transparency" not in image.info
+            )
+    except DataError:
+        return False
+
+
 def dali_bytes(path: str | Path) -> np.ndarray:
     """The bytes to hand DALI's decoder for a photo, so that DALI sees exactly `read_rgb(path)`.
 

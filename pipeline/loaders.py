@@ -74,6 +74,7 @@ def make_train_loader(
     device: torch.device = CPU,
     backend: str = "auto",
     drop_last: bool = True,
+    feed_processes: int | None = None,
 ) -> TrainLoader:
     """Training loader: RandomResizedCrop (scale 0.5-1, ratio 3/4-4/3) to crop_size, flip, keep-background.
 
@@ -82,6 +83,8 @@ def make_train_loader(
     of `world_size` gets a disjoint, equally long shard of each epoch's shuffled order. Output is
     a pure function of (pairs, seed, epoch, rank, world_size, batch_size, crop_size), so
     epoch(e, start_batch=k) yields exactly the batches k, k+1, ... of epoch(e).
+    DALI only: `feed_processes` worker processes run its feeder (0: in this process; default one
+    once num_workers >= 2); the dataset index (pipeline.index) is built or refreshed first.
     """
     _check_positive(batch_size=batch_size, crop_size=crop_size, world_size=world_size)
     if num_workers < 0:
@@ -91,7 +94,10 @@ def make_train_loader(
     check_files(pairs)
     if len(pairs) < world_size:
         raise ValueError(f"{len(pairs)} pairs cannot be sharded over world_size={world_size} ranks")
-    cls = DaliTrainLoader if resolve_backend(backend) == "dali" else TorchTrainLoader
+    if feed_processes is not None and feed_processes < 0:
+        raise ValueError(f"feed_processes must be >= 0, got {feed_processes}")
+    dali = resolve_backend(backend) == "dali"
+    cls = DaliTrainLoader if dali else TorchTrainLoader
     loader = cls(
         pairs,
         batch_size=batch_size,
@@ -102,6 +108,7 @@ def make_train_loader(
         num_workers=num_workers,
         device=torch.device(device),
         drop_last=drop_last,
+        **({"feed_processes": feed_processes} if dali else {}),
     )
     if len(loader) == 0:
         raise ValueError(

@@ -1,0 +1,217 @@
+"""pipeline.index: the grid decides crops exactly as the full mask does; the index file is kept fresh."""
+
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import augment, index
+from pipeline.augment import CropParams, random_resized_crop, sample_crop
+from pipeline.index import (
+    GRID,
+    INDEX_NAME,
+    MaskSummary,
+    grid_sums,
+    index_pairs,
+    load_store,
+    sample_crop_indexed,
+    stale_entries,
+)
+from pipeline.pairs import DatasetError, Pair
+
+
+def reference_sample_crop(mask, *, crop_size, seed, epoch, index):
+    """augment.sample_crop as it was before the index existed (a frozen copy: the reference)."""
+    height, width = mask.shape
+    for attempt in range(10):
+        rng = np.random.default_rng(np.random.SeedSequence([0xC809, seed, epoch, index, attempt]))
+        top, left, h, w = random_resized_crop(height, width, rng, (0.5, 1.0), (3.0 / 4.0, 4.0 / 3.0))
+        flip = bool(rng.random() < 0.5)
+        keep = bool(rng.random() < 0.05)
+        window = mask[top : top + h, left : left + w]
+        if keep or float(window.sum(dtype=np.int64)) / 255.0 * (crop_size * crop_size) / (h * w) > 1.0:
+            return CropParams(top, left, h, w, flip)
+    fg = np.flatnonzero(mask)
+    if fg.size:
+        y, x = divmod(int(fg[fg.size // 2]), mask.shape[1])
+        top = min(max(y - h // 2, 0), mask.shape[0] - h)
+        left = min(max(x - w // 2, 0), mask.shape[1] - w)
+    return CropParams(top, left, h, w, flip)
+
+
+def masks(rng):
+    """Masks that make the grid's bounds torn: specks and thin strokes near cell and image edges."""
+    out = [np.zeros((40, 50), np.uint8), np.full((33, 47), 255, np.uint8), np.zeros((7, 9), np.uint8)]
+    out[2][3, 4] = 255
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(20, 300, size=2))
+        m = np.zeros((h, w), np.uint8)
+        kind = rng.integers(0, 4)
+        if kind == 0:  # a few specks, anywhere
+            for _ in range(int(rng.integers(1, 6))):
+                m[rng.integers(0, h), rng.integers(0, w)] = 255
+        elif kind == 1:  # a small blob near a border
+            y, x = int(rng.integers(0, max(1, h // 6))), int(rng.integers(0, w))
+            m[y : y + int(rng.integers(1, 6)), x : x + int(rng.integers(1, 6))] = 255
+        elif kind == 2:  # soft values (JPEG-like), a thin vertical stroke
+            x = int(rng.integers(0, w))
+            m[:, x] = rng.integers(0, 256, size=h)
+        else:  # an object of a few percent of the image
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+            m[y : y + h // 5, x : x + w // 6] = 255
+        out.append(m)
+    return out
+
+
+def test_grid_sums_are_cell_sums():
+    rng = np.random.default_rng(0)
+    m = rng.integers(0, 256, size=(37, 101), dtype=np.uint8)
+    sums = grid_sums(m)
+    ys, xs = (np.arange(GRID + 1) * 37) // GRID, (np.arange(GRID + 1) * 101) // GRID
+    want = [[int(m[ys[i] : ys[i + 1], xs[j] : xs[j + 1]].sum()) for j in range(GRID)] for i in range(GRID)]
+    assert sums.dtype == np.uint32 and sums.tolist() == want
+    assert int(sums.sum()) == int(m.sum())
+
+
+def test_bounds_bracket_the_window_sum():
+    rng = np.random.default_rng(1)
+    for m in masks(rng)[:20]:
+        s = MaskSummary.of(m, plain=True)
+        for _ in range(50):
+            top, left, h, w = random_resized_crop(*m.shape, rng, (0.05, 1.0), (0.5, 2.0))
+            low, high = s.bounds(top, left, h, w)
+            quick_low, quick_high = s.quick_bounds(top, left, h, w)
+            total = int(m[top : top + h, left : left + w].sum())
+            assert quick_low <= low <= total <= high <= quick_high
+
+
+def test_indexed_crops_equal_todays_crops_and_decode_rarely():
+    rng = np.random.default_rng(2)
+    decoded = total = 0
+    for k, m in enumerate(masks(rng)):
+        s = MaskSummary.of(m, plain=True)
+        for crop_size in (32, 256):
+            for epoch in range(6):
+                want = reference_sample_crop(m, crop_size=crop_size, seed=7, epoch=epoch, index=k)
+                assert sample_crop(m, crop_size=crop_size, seed=7, epoch=epoch, index=k) == want
+                got, d = sample_crop_indexed(s, lambda m=m: m, crop_size=crop_size, seed=7, epoch=epoch, index=k)
+                assert got == want, (k, crop_size, epoch)
+                decoded, total = decoded + d, total + 1
+    # These masks are built to be hard for a grid; still most crops are decided without the mask.
+    assert 0 < decoded < total // 3
+
+
+def test_indexed_fallback_uses_the_stored_median():
+    m = np.zeros((200, 200), np.uint8)
+    m[190:, 190:] = 255  # a corner object: many windows miss it
+    s = MaskSummary.of(m, plain=True)
+    for i in range(40):
+        want = reference_sample_crop(m, crop_size=64, seed=0, epoch=0, index=i)
+        got, _ = sample_crop_indexed(s, lambda: m, crop_size=64, seed=0, epoch=0, index=i)
+        assert got == want
+
+
+def write_subset(root, n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    for sub in ("composite_images", "masks", "real_images"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for k in range(n):
+        h, w = (int(v) for v in rng.integers(40, 90, size=2))
+        img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 3 : h // 2, w // 4 : w // 2] = 255
+        pair = Pair(root / "composite_images" / f"a{k}_1_1.jpg", root / "masks" / f"a{k}_1.png",
+                    root / "real_images" / f"a{k}.jpg", "Sub", f"a{k}_1_1")  # fmt: skip
+        Image.fromarray(img).save(pair.composite)
+        Image.fromarray(img).save(pair.real)
+        Image.fromarray(mask).save(pair.mask)
+        pairs.append(pair)
+    return pairs
+
+
+def test_index_file_is_built_once_and_rebuilt_per_changed_file(tmp_path):
+    pairs = write_subset(tmp_path / "Sub")
+    first = index_pairs(pairs, workers=1)
+    path = tmp_path / "Sub" / INDEX_NAME
+    assert first.files == [path] and first.rebuilt == 18
+    assert first.shapes == [read.shape for read in (augment.read_mask(p.mask) for p in pairs)]
+    assert all(m.plain for m in first.masks)
+    with np.load(path, allow_pickle=False) as z:  # plain arrays: no pickle needed to read it
+        assert z["sums"].shape == (6, GRID, GRID) and z["paths"].dtype.kind == "U"
+    again = index_pairs(pairs, workers=1)
+    assert again.rebuilt == 0 and again.files == []
+    assert stale_entries(pairs) == (0, 18)
+    # Change one mask: only its entry is rebuilt, and the new pixels are what the index holds.
+    m = np.zeros_like(augment.read_mask(pairs[2].mask))
+    m[:5, :5] = 255
+    Image.fromarray(m).save(pairs[2].mask)
+    os.utime(pairs[2].mask, ns=(1, 1))
+    assert stale_entries(pairs) == (1, 18)
+    third = index_pairs(pairs, workers=1)
+    assert third.rebuilt == 1
+    assert int(third.masks[2].sums.sum()) == 25 * 255 and third.masks[2].median == (2, 2)
+    assert len(load_store(path)) == 18
+
+
+def test_index_refuses_size_mismatch_and_missing_files(tmp_path):
+    pairs = write_subset(tmp_path / "Sub", n=2)
+    Image.new("RGB", (11, 13)).save(pairs[1].real)
+    with pytest.raises(DatasetError, match=r"a1\.jpg is 11x13"):
+        index_pairs(pairs, workers=1)
+    pairs[0].mask.unlink()
+    with pytest.raises(DatasetError, match=r"a0_1\.png: file does not exist"):
+        index_pairs(pairs, workers=1)
+
+
+def test_unreadable_index_is_rebuilt_and_unwritable_folder_kept_in_memory(tmp_path, monkeypatch):
+    pairs = write_subset(tmp_path / "Sub", n=2)
+    path = tmp_path / "Sub" / INDEX_NAME
+    path.write_bytes(b"not an npz")
+    with pytest.warns(UserWarning, match="unreadable dataset index"):
+        assert index_pairs(pairs, workers=1).rebuilt == 6
+    assert len(load_store(path)) == 6
+    path.unlink()
+
+    def read_only(target):
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr(index, "atomic_writer", read_only)  # a read-only dataset (tests may run as root)
+    with pytest.warns(UserWarning, match="cannot write the dataset index"):
+        idx = index_pairs(pairs, workers=1)
+    assert idx.rebuilt == 6 and idx.files == [] and not path.exists()
+    assert idx.masks[0].shape == pairs_shape(pairs[0])
+
+
+def pairs_shape(pair):
+    return augment.read_mask(pair.mask).shape
+
+
+def test_non_plain_masks_are_flagged(tmp_path):
+    pairs = write_subset(tmp_path / "Sub", n=2)
+    m = augment.read_mask(pairs[0].mask)
+    Image.fromarray(np.repeat(m[:, :, None], 3, axis=2)).save(pairs[0].mask)  # RGB mask
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idx = index_pairs(pairs, workers=1)
+    assert [s.plain for s in idx.masks] == [False, True]
+    assert math.isclose(float(idx.masks[0].sums.sum()), float(m.sum()))
+
+
+def test_checker_builds_then_checks_the_index(tmp_path, capsys):
+    from pipeline.check import main
+
+    pairs = write_subset(tmp_path / "Sub", n=3)
+    (tmp_path / "Sub" / "Sub_train.txt").write_text("".join(f"{p.composite.name}\n" for p in pairs))
+    assert main([str(tmp_path), "--quick", "--split", "train"]) == 0
+    assert "index: none yet" in capsys.readouterr().out
+    assert main([str(tmp_path), "--index", "--split", "train"]) == 0
+    assert "index: 9 entr(ies) built" in capsys.readouterr().out and (tmp_path / "Sub" / INDEX_NAME).is_file()
+    assert main([str(tmp_path), "--quick", "--split", "train"]) == 0
+    assert "index: 0 of 9 file entries missing or out of date" in capsys.readouterr().out
+    os.utime(pairs[0].real, ns=(5, 5))
+    assert main([str(tmp_path), "--quick", "--split", "train"]) == 0
+    assert "index: 1 of 9 file entries missing or out of date (--index refreshes)" in capsys.readouterr().out
