@@ -35,16 +35,17 @@ from rich.table import Table
 from rich.text import Text
 from torch import nn
 
+from giftnet.choices import BACKENDS
+from giftnet.choices import PRECISION_DTYPES as PRECISIONS
 from giftnet.errors import UsageError
 from giftnet.fileio import atomic_write_bytes
 from giftnet.metrics import image_metrics, to_255
 from giftnet.weights import WeightsError, load_weights
 from pipeline.ihd import read_pairs
-from pipeline.loaders import BACKENDS, make_eval_loader, resolve_backend
+from pipeline.loaders import make_eval_loader, resolve_backend
 from pipeline.pairs import DatasetError, Pair
 
 METRICS = ("mse", "fmse", "psnr", "fssim")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ALL = "all"
 
 
