@@ -79,7 +79,7 @@ def parse_model_config(path: Path, text: str | None) -> ModelConfig:
         data = json.loads(text)
     except ValueError as exc:
         raise WeightsError(f"{path}: invalid model_config metadata ({exc})") from None
-    return from_dict(ModelConfig, data, f"{path}: model_config", WeightsError)
+    return from_dict(ModelConfig, data, f"{path}: invalid model_config metadata", WeightsError)
 
 
 def read_model_config(path: str | Path) -> ModelConfig:
