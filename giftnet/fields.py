@@ -101,7 +101,10 @@ def _convert(value: Any, tp: Any, name: str, where: str, error: type[UserError])
         raise _Mismatch
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # a JSON integer beyond any float
+                raise _Mismatch from None
         raise _Mismatch
     if tp is str:
         if isinstance(value, str):

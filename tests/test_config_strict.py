@@ -57,6 +57,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
         ({"loss": {"distill_sites": "E1"}}, "field 'loss.distill_sites' must be a list of"),
         ({"loss": {"gamma": "0.01"}}, "field 'loss.gamma' must be a number"),
         ({"loss": {"distill": True}}, "field 'loss.distill' must be one of"),
+        ({"lr": 10**400}, "field 'lr' must be a number"),
         ({"epochs": 0}, "--epochs must be >= 1"),
     ],
 )
@@ -77,6 +78,12 @@ def test_resumed_config_json_is_loaded_as_strictly(tmp_path, capsys):
     (run / "config.json").write_text(json.dumps(saved | {"batch_size": "16"}))
     code, err = run_main(["--resume", str(run)], capsys)
     assert code == 2 and "field 'batch_size' must be an integer" in err and str(run / "config.json") in err, err
+
+
+def test_config_and_resume_together_are_refused(tmp_path, capsys):
+    (tmp_path / "c.json").write_text("{}")
+    code, err = run_main(["--resume", str(tmp_path), "--config", str(tmp_path / "c.json")], capsys)
+    assert code == 2 and "--config cannot be used with --resume" in err
 
 
 def test_valid_json_values_are_accepted_with_their_types(tmp_path):

@@ -53,6 +53,8 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
 
 def base_config(given: dict[str, Any]) -> dict[str, Any]:
     """The config file's fields (or the resumed run's), type-checked and naming the file."""
+    if "resume" in given and "config" in given:
+        raise UsageError("--config cannot be used with --resume: a resumed run reads its own config.json")
     if "resume" in given:
         run = given["resume"]
         saved = run / "config.json"
