@@ -19,11 +19,10 @@ from giftnet.errors import UsageError, WeightsError
 from giftnet.fileio import check_regular_file
 from giftnet.model import GiftNet, build_teacher
 from giftnet.training.config import TrainConfig
+from giftnet.training.loop import TEACHER_FILE
 from giftnet.training.precision import apex_available, cpu_supports
 from giftnet.weights import check_role, load_state_checked, read_model_config
 from kernels._dispatch import interpreter_enabled, triton_installed
-
-TEACHER_FILE = "teacher.safetensors"  # the run's own reconstruction branch (as the trainer writes it)
 
 
 def preflight(cfg: TrainConfig, *, resume: bool = False) -> torch.device:
