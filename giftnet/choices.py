@@ -27,6 +27,7 @@ Role = Literal["model", "teacher"]
 
 BACKENDS: tuple[str, ...] = get_args(Backend)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+FIXED_PRECISIONS: tuple[str, ...] = tuple(p for p in PRECISIONS if p != "auto")  # evaluate/harmonize: no "auto"
 DEVICES: tuple[str, ...] = get_args(Device)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 STAGES: tuple[str, ...] = get_args(Stage)

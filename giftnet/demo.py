@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from giftnet.config import LossConfig, ModelConfig
+from giftnet.imagenet import normalise, to_255
 from giftnet.losses import total_loss
-from giftnet.metrics import image_metrics, to_255
+from giftnet.metrics import image_metrics
 from giftnet.model import GiftNet, build_teacher, parameter_breakdown
-from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD
 
 
 def demo_pair(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -36,12 +36,6 @@ def demo_pair(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     cast = torch.tensor([1.25, 0.95, 0.7])[None, :, None, None]
     composite = mask * (real * cast).clamp(0, 255) + (1 - mask) * real
     return composite, mask, real
-
-
-def normalise(image_255: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    return (image_255 / 255.0 - mean) / std
 
 
 def fit(model: GiftNet, inputs, target, mask, loss_cfg, steps, teacher=None, log=None) -> dict[str, float]:

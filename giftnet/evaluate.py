@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,20 @@ from rich.text import Text
 from torch import nn
 
 from giftnet.choices import BACKENDS
-from giftnet.choices import PRECISION_DTYPES as PRECISIONS
-from giftnet.errors import UsageError
-from giftnet.fileio import atomic_write_bytes
-from giftnet.metrics import image_metrics, to_255
-from giftnet.weights import WeightsError, load_weights
-from pipeline.ihd import read_pairs
+from giftnet.errors import UsageError, run_cli
+from giftnet.fileio import InputGuard, atomic_write_text, output_errors
+from giftnet.imagenet import to_255
+from giftnet.metrics import image_metrics
+from giftnet.runtime import (  # re-exported: the names this module held before giftnet.runtime
+    PRECISIONS,
+    autocast_context,
+    check_device,
+    default_device,
+    load_model,
+    model_device,
+)
+from pipeline.ihd import list_files_for, read_pairs
+from pipeline.images import save_image
 from pipeline.loaders import make_eval_loader, resolve_backend
 from pipeline.pairs import DatasetError, Pair
 
@@ -51,27 +58,6 @@ ALL = "all"
 
 # A command-line argument that cannot work; the message names it (the CLIs exit with status 2).
 InputError = UsageError
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """torch.autocast for "bf16"/"fp16", a no-op for "fp32"; unsupported combinations are refused."""
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise InputError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16")
-    if not torch.amp.autocast_mode.is_autocast_available(device.type):
-        raise InputError(f"precision {precision}: autocast is not available on {device.type}")
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class _RateColumn(ProgressColumn):
@@ -130,13 +116,16 @@ class _Rows:
         return result
 
 
-def _save_pngs(root: Path, pairs: Sequence[Pair], indices: list[int], images_255: torch.Tensor) -> None:
+def _save_pngs(
+    root: Path, pairs: Sequence[Pair], indices: list[int], images_255: torch.Tensor, guard: InputGuard
+) -> None:
     arrays = images_255.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     for index, array in zip(indices, arrays, strict=True):
         pair = pairs[index]
-        folder = root / pair.subset
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array, "RGB").save(folder / f"{pair.name}.png")
+        path = root / pair.subset / f"{pair.name}.png"
+        guard.check(path, "--save-images")
+        with output_errors(path, "--save-images"):
+            save_image(path, Image.fromarray(array, "RGB"))
 
 
 def evaluate(
@@ -168,6 +157,7 @@ def evaluate(
         pairs, batch_size=batch_size, size=size, device=device, backend=backend, num_workers=num_workers
     )
     rows = {"model": _Rows(), "composite": _Rows()}
+    guard = InputGuard(p for pair in pairs for p in (pair.composite, pair.mask, pair.real)) if save_images else None
     was_training = model.training
     model.eval()
     try:
@@ -182,7 +172,7 @@ def evaluate(
                 rows["model"].add(subsets, image_metrics(pred, real, mask))
                 rows["composite"].add(subsets, image_metrics(batch["composite_255"].float(), real, mask))
                 if save_images is not None:
-                    _save_pngs(Path(save_images), pairs, indices, pred)
+                    _save_pngs(Path(save_images), pairs, indices, pred, guard)
                 advance(len(indices))
     finally:
         model.train(was_training)
@@ -211,28 +201,6 @@ def format_table(results: dict[str, dict[str, dict[str, float | int]]]) -> Table
     return table
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_device(device: str) -> torch.device:
-    """A torch.device for --device, refusing CUDA where there is none."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"--device {device!r}: not a device ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
-    return dev
-
-
-def load_model(path: Path, device: torch.device) -> nn.Module:
-    """load_weights with a clear error for a path that is not a file."""
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file does not exist")
-    return load_weights(path, device)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m giftnet.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="dataset root in the iHarmony4 layout")
@@ -245,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="data loader: DALI or PyTorch")
     p.add_argument("--workers", type=int, default=2, help="data loader workers / DALI threads")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -263,37 +231,45 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--backend {args.backend}: {exc}") from None
 
 
+def _guard_outputs(args: argparse.Namespace, pairs: Sequence[Pair]) -> None:
+    """Refuse a --json that is an input (the weights, a list file, an image): it would be replaced."""
+    if args.json is None:
+        return
+    lists = [f for split in ("test",) for f, _, _ in list_files_for(args.data, args.subsets, split)]
+    inputs = [args.weights, *lists, *(p for pair in pairs for p in (pair.composite, pair.mask, pair.real))]
+    InputGuard(inputs).check(args.json, "--json")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
-    try:
-        _check_args(args)
-        device = check_device(args.device)
-        model = load_model(args.weights, device)
-        if not args.data.is_dir():
-            raise DatasetError(f"{args.data}: dataset root is not a directory")
-        pairs = read_pairs(args.data, args.subsets, "test")
-        results = evaluate(
-            model,
-            pairs,
-            batch_size=args.batch_size,
-            size=args.size,
-            device=device,
-            backend=args.backend,
-            num_workers=args.workers,
-            save_images=args.save_images,
-            progress=not args.no_progress,
-            precision=args.precision,
-        )
-        if args.json is not None:
-            atomic_write_bytes(args.json, (json.dumps(results, indent=2) + "\n").encode())
-    except (DatasetError, WeightsError, InputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # an output that cannot be written
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    console.print(format_table(results))
+    return run_cli("evaluate", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    _check_args(args)
+    device = check_device(args.device)
+    autocast_context(device, args.precision)  # refuse an unsupported precision before any work
+    model = load_model(args.weights, device)
+    if not args.data.is_dir():
+        raise DatasetError(f"{args.data}: dataset root is not a directory")
+    pairs = read_pairs(args.data, args.subsets, "test")
+    _guard_outputs(args, pairs)
+    results = evaluate(
+        model,
+        pairs,
+        batch_size=args.batch_size,
+        size=args.size,
+        device=device,
+        backend=args.backend,
+        num_workers=args.workers,
+        save_images=args.save_images,
+        progress=not args.no_progress,
+        precision=args.precision,
+    )
+    if args.json is not None:
+        with output_errors(args.json, "--json"):
+            atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+    Console().print(format_table(results))
     return 0
 
 

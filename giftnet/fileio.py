@@ -16,11 +16,15 @@ import contextlib
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from giftnet.errors import UsageError
+from giftnet.errors import UsageError, UserError
+
+# Inert unless set: tests set it to kill a process while a temporary is complete but not yet renamed.
+_TEST_WRITE_DELAY_S = float(os.environ.get("GIFTNET_TEST_WRITE_DELAY_S", "0") or 0)
 
 
 def _umask() -> int:
@@ -53,6 +57,8 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if _TEST_WRITE_DELAY_S:
+            time.sleep(_TEST_WRITE_DELAY_S)  # tests: widen the window in which a kill meets a temporary
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -87,21 +93,24 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         os.close(fd)
 
 
-def check_regular_file(path: str | os.PathLike, what: str) -> Path:
-    """Return `path` if it is an existing regular file (links followed); else UsageError naming `what`.
+def check_regular_file(path: str | os.PathLike, what: str, *, error: type[UserError] = UsageError) -> Path:
+    """Return `path` if it is an existing regular file (links followed); else `error` naming it and `what`.
 
-    Called before opening any user-given input, so a FIFO or a device never blocks the program.
+    Called before opening any user-given input, so a FIFO or a device never blocks the program
+    (`stat` does not open the file). Dataset readers pass error=DataError.
     """
     path = Path(path)
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise UsageError(f"{what} {path}: no such file") from None
+        raise error(f"{path}: {what} does not exist") from None
     except OSError as exc:
-        raise UsageError(f"{what} {path}: cannot be read ({exc.strerror})") from None
+        raise error(f"{path}: {what} cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{path}: {what} is a folder, not a file")
     if not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-        raise UsageError(f"{what} {path}: {kind}")
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise error(f"{path}: {what} is {kind}, not a regular file (refused: reading it could block)")
     return path
 
 
@@ -113,8 +122,49 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, links followed; None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class InputGuard:
+    """The inputs of a command, so that no output it writes can replace one (hard and symbolic links too).
+
+    Built once from every input (stat each); `check(output)` is then one stat, for folder modes
+    that write thousands of files.
+    """
+
+    def __init__(self, inputs: Iterable[str | os.PathLike]) -> None:
+        self._inputs: dict[tuple[int, int], Path] = {}
+        for item in inputs:
+            key = _identity(item)
+            if key is not None:
+                self._inputs.setdefault(key, Path(item))
+
+    def check(self, output: str | os.PathLike, what: str) -> None:
+        """UsageError if `output` is (the same file as) one of the inputs."""
+        key = _identity(output)
+        if key is not None and key in self._inputs:
+            raise UsageError(f"{what} {output} is the input {self._inputs[key]}; choose another output path")
+
+
 def refuse_overwrite_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], what: str) -> None:
     """UsageError if `output` is (the same file as) any of `inputs`: an output never replaces an input."""
-    for item in inputs:
-        if same_file(output, item):
-            raise UsageError(f"{what} {output} is the input {item}; choose another output path")
+    InputGuard(inputs).check(output, what)
+
+
+@contextlib.contextmanager
+def output_errors(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn an OSError while writing the output `path` (full disk, no permission) into a UsageError.
+
+    The write itself goes through atomic_writer, so the old file, if any, is still intact.
+    """
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UsageError(f"{what} {path}: cannot be written ({reason}); any previous file is unchanged") from None

@@ -7,11 +7,15 @@ is kept and pixels where the mask is 0 come out bit-identical. `--full-res` runs
 the full image instead, padded (edge replication; mask padded with 0) to a multiple of 8 and
 cropped back, so no pixel is resampled; the same mask blend applies.
 
-Inputs: grayscale is replicated to RGB (the output is RGB); 16-bit images are scaled to 8-bit;
-RGBA's colour channels are used as stored (alpha dropped for the network) and the alpha is
-re-attached unchanged to PNG/WebP/TIFF outputs. EXIF orientation is applied to image and mask.
-Masks: channel 0 (an alpha-only mask uses its alpha), 8/16-bit or float, scaled to [0, 1]; a mask
-of another size is resized bilinearly to the image with a warning.
+Inputs are decoded by pipeline.images, the decoder the training and evaluation loaders use, so a
+file means the same pixels here as in training: EXIF orientation applied to image and mask,
+grayscale replicated to RGB (the output is RGB), 16-bit scaled to 8-bit, palette and CMYK
+converted; RGBA's colour channels are used as stored and the alpha is re-attached unchanged to
+PNG/WebP/TIFF outputs. Masks: channel 0 (an alpha-only mask uses its alpha), 8/16-bit or float,
+scaled to [0, 1]; a mask of another size is resized bilinearly to the image with a warning.
+
+Outputs are written atomically (an existing file survives a failed write), in a format checked
+before any work, and never onto an input (hard links and symlinks included).
 """
 
 from __future__ import annotations
@@ -27,14 +31,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
-from giftnet.evaluate import InputError, autocast_context, check_device, default_device, load_model, model_device
-from giftnet.metrics import to_255
-from giftnet.weights import WeightsError
-from pipeline.images import mask_channels, mask_from_channels, open_image, to_rgb
-from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD, DatasetError
+from giftnet.errors import UsageError, run_cli
+from giftnet.fileio import InputGuard, check_regular_file, output_errors
+from giftnet.imagenet import normalise, to_255
+from giftnet.messages import first_n
+from giftnet.runtime import PRECISIONS, autocast_context, check_device, default_device, load_model, model_device
+from pipeline.images import output_format, read_mask, read_rgb_alpha, save_image
+
+InputError = UsageError  # the name this module used before giftnet.errors
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 ALPHA_SUFFIXES = (".png", ".webp", ".tif", ".tiff")
@@ -91,16 +98,10 @@ def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 
-def _normalise(image_255: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=image_255.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, device=image_255.device).view(1, 3, 1, 1) * 255.0
-    return (image_255 - mean) / std
-
-
 def _predict(model: nn.Module, image_255: torch.Tensor, mask: torch.Tensor, precision: str) -> torch.Tensor:
     """The network's harmonised image (float 0-255, clamped) for a 0-255 input of size multiple of 8."""
     with autocast_context(image_255.device, precision):
-        out = model(_normalise(image_255), mask)["images"]
+        out = model(normalise(image_255), mask)["images"]
     return to_255(out.float())
 
 
@@ -174,35 +175,24 @@ class Job:
 
 
 def read_composite(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(HxWx3 uint8 RGB, HxW uint8 alpha or None) of an image file, EXIF orientation applied."""
-    image = ImageOps.exif_transpose(open_image(path))
-    alpha = None
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        alpha = np.asarray(image.convert("RGBA").getchannel("A"))
-    try:
-        return to_rgb(image), alpha
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: cannot convert {image.mode} image to RGB ({exc})") from None
+    """(HxWx3 uint8 RGB, HxW uint8 alpha or None) of an image file: pipeline.images, the loaders' decoder."""
+    return read_rgb_alpha(path)
 
 
 def read_mask_file(path: Path) -> np.ndarray:
-    """HxW float32 mask in [0, 1] (channel 0; alpha-only, 16-bit and float masks handled)."""
-    image = ImageOps.exif_transpose(open_image(path))
-    try:
-        return mask_from_channels(*mask_channels(image))
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: cannot read {image.mode} mask ({exc})") from None
+    """HxW float32 mask in [0, 1]: pipeline.images.read_mask, the loaders' mask reader."""
+    return read_mask(path)
 
 
 def write_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None) -> None:
-    """Save RGB (RGBA with the input's alpha when the format keeps it); JPEG at quality 95."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save RGB (RGBA with the input's alpha when the format keeps it) atomically; JPEG at quality 95."""
     if alpha is not None and path.suffix.lower() in ALPHA_SUFFIXES:
         image = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
     else:
         image = Image.fromarray(rgb, "RGB")
     options = {"quality": 95, "subsampling": 0} if path.suffix.lower() in (".jpg", ".jpeg") else {}
-    image.save(path, **options)
+    with output_errors(path, "--out"):
+        save_image(path, image, **options)
 
 
 def _images_in(folder: Path) -> dict[str, Path]:
@@ -215,20 +205,32 @@ def _images_in(folder: Path) -> dict[str, Path]:
     return found
 
 
-def plan_jobs(image: Path, mask: Path, out: Path) -> list[Job]:
-    """One job per composite: file mode, or folder mode with masks matched by file stem."""
-    if not image.exists():
-        raise InputError(f"{image}: --image does not exist")
-    if not mask.exists():
-        raise InputError(f"{mask}: --mask does not exist")
-    if image.is_file():
-        if not mask.is_file():
+def plan_jobs(image: Path, mask: Path, out: Path, weights: Path | None = None) -> list[Job]:
+    """One job per composite: file mode, or folder mode with masks matched by file stem.
+
+    Refused up front: an output format that cannot be written and any output that is (the same
+    file as, hard links and symlinks included) an input.
+    """
+    for path, flag in ((image, "--image"), (mask, "--mask")):
+        if not path.exists():
+            raise InputError(f"{path}: {flag} does not exist")
+    if not image.is_dir():
+        check_regular_file(image, "--image")  # a FIFO or device would block
+        if mask.is_dir():
             raise InputError(f"{mask}: --mask must be a file when --image is a file")
-        if out.suffix.lower() not in Image.registered_extensions():
-            raise InputError(f"{out}: --out needs an image extension such as .png")
-        if out.resolve() in (image.resolve(), mask.resolve()):
-            raise InputError(f"{out}: --out would overwrite an input")
-        return [Job(image, mask, out)]
+        check_regular_file(mask, "--mask")
+        with output_errors(out, "--out"):
+            output_format(out)
+        jobs = [Job(image, mask, out)]
+    else:
+        jobs = _folder_jobs(image, mask, out)
+    guard = InputGuard([*(p for j in jobs for p in (j.image, j.mask)), *([weights] if weights else [])])
+    for job in jobs:
+        guard.check(job.out, "--out")
+    return jobs
+
+
+def _folder_jobs(image: Path, mask: Path, out: Path) -> list[Job]:
     if not mask.is_dir():
         raise InputError(f"{mask}: --mask must be a folder when --image is a folder")
     if out.exists() and not out.is_dir():
@@ -240,8 +242,7 @@ def plan_jobs(image: Path, mask: Path, out: Path) -> list[Job]:
         raise InputError(f"{image}: no images ({', '.join(IMAGE_SUFFIXES)})")
     missing = sorted(set(images) - set(masks))
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise InputError(f"{mask}: no mask with the stem of {len(missing)} image(s): {shown}")
+        raise InputError(f"{mask}: no mask with the stem of {len(missing)} image(s): {first_n(missing, 5, ', ')}")
     return [Job(images[s], masks[s], out / f"{s}.png") for s in images]
 
 
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="network resolution in the default mode")
     p.add_argument("--full-res", action="store_true", help="run the network at the image size (padded to x8)")
     p.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     return p
 
 
@@ -279,22 +280,20 @@ def _run(job: Job, model: nn.Module, args: argparse.Namespace, device: torch.dev
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.size < 8 or args.size % 8:
-            raise InputError(f"--size must be a positive multiple of 8, got {args.size}")
-        jobs = plan_jobs(args.image, args.mask, args.out)
-        device = check_device(args.device)
-        model = load_model(args.weights, device)
-        for job in jobs:
-            start = time.perf_counter()
-            shape = _run(job, model, args, device)
-            print(f"{job.out} ({shape}, {time.perf_counter() - start:.2f} s)")
-    except (DatasetError, WeightsError, InputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # an output that cannot be written
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli("harmonize", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.size < 8 or args.size % 8:
+        raise InputError(f"--size must be a positive multiple of 8, got {args.size}")
+    jobs = plan_jobs(args.image, args.mask, args.out, args.weights)
+    device = check_device(args.device)
+    autocast_context(device, args.precision)  # refuse an unsupported precision before loading anything
+    model = load_model(args.weights, device)
+    for job in jobs:
+        start = time.perf_counter()
+        shape = _run(job, model, args, device)
+        print(f"{job.out} ({shape}, {time.perf_counter() - start:.2f} s)")
     return 0
 
 

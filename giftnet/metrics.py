@@ -15,16 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from giftnet.blocks import gaussian_kernel
-from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD
+from giftnet.imagenet import to_255
 
 EPS = 1e-6
-
-
-def to_255(image: torch.Tensor) -> torch.Tensor:
-    """De-normalise an ImageNet-normalised image to float 0-255, clamped (not rounded)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=image.device, dtype=torch.float32)[:, None, None]
-    return ((image.float() * std + mean) * 255.0).clamp(0.0, 255.0)
+__all__ = ["fmse", "fssim", "image_metrics", "mse", "psnr", "ssim_map", "to_255"]
 
 
 def _check(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> None:

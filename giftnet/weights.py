@@ -63,7 +63,7 @@ def save_weights(
 
 
 def _metadata(path: Path) -> dict[str, str]:
-    check_regular_file(path, "weights file")
+    check_regular_file(path, "weights file", error=WeightsError)
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
@@ -126,7 +126,7 @@ def load_state_checked(
     (floats may differ in precision and are cast); float tensors must be finite. Returns them
     under expected's keys.
     """
-    path = check_regular_file(path, "weights file")
+    path = check_regular_file(path, "weights file", error=WeightsError)
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = {k[len(prefix) :] for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 (not a dict)

@@ -2,8 +2,11 @@
 
 Finds, in one pass, every missing file, zero-byte / unreadable / truncated image, composite-real or
 mask size mismatch, empty mask, mask with differing channels or too many intermediate values, and
-list-file oddities. Grayscale, CMYK, RGBA and 16-bit files are read correctly by pipeline.images
-and reported as warnings only; a full mask is a warning. Exit status 1 if any error.
+list-file oddities (including lines that leave the dataset root), and images declaring more pixels
+than the decoder's budget. Files the loaders read in a special way (EXIF-rotated, 16-bit, grayscale,
+palette, CMYK, with alpha) are decoded by pipeline.images, the loaders' own decoder, and reported as
+warnings saying what the loaders do with them; a full mask is a warning. Exit status 1 if any error,
+2 for a bad argument.
 """
 
 from __future__ import annotations
@@ -18,25 +21,15 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from giftnet.errors import DataError, UsageError, run_cli
+from giftnet.messages import first_n
 from pipeline.ihd import SPLITS, list_files_for, read_list_file
-from pipeline.images import mask_channels, mask_from_channels, open_image
+from pipeline.images import Header, mask_channels, mask_from_channels, open_image, read_header, read_rgb
 from pipeline.pairs import DatasetError, Pair
 
 Severity = Literal["error", "warning"]
 SOFT_FRACTION = 0.02  # a mask with more than 2% of its pixels strictly between 0 and 255 (+-8) is not binary
-_PHOTO_NOTES = {
-    "L": "grayscale",
-    "LA": "grayscale with alpha",
-    "P": "palette",
-    "PA": "palette with alpha",
-    "CMYK": "CMYK",
-    "RGBA": "RGBA",
-    "I;16": "16-bit grayscale",
-    "I": "32-bit integer",
-    "1": "1-bit",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,54 +73,58 @@ def _check_list_text(list_file: Path) -> list[Problem]:
     return out
 
 
-def _header(path: Path) -> tuple[Image.Image | None, list[Problem]]:
-    """Open without decoding pixels: existence, zero bytes and a parsable header."""
+def _header(path: Path) -> tuple[Header | None, list[Problem]]:
+    """Read the header without decoding pixels: existence, regular file, zero bytes, pixel budget."""
     try:
-        if path.stat().st_size == 0:
-            return None, [Problem("error", path, "file is empty (0 bytes)")]
-        with Image.open(path) as image:
-            image.size  # noqa: B018 - parse the header
-            return image, []
-    except FileNotFoundError:
-        return None, [Problem("error", path, "file does not exist")]
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        return None, [Problem("error", path, f"unreadable or truncated image ({err})")]
+        return read_header(path), []
+    except DataError as err:
+        return None, [Problem("error", path, _message(path, err))]
+
+
+def _message(path: Path, err: DataError) -> str:
+    return str(err).removeprefix(f"{path}: ")
 
 
 def _check_photo(path: Path, decode: bool) -> _FileInfo:
-    image, problems = _header(path)
-    if image is None:
+    header, problems = _header(path)
+    if header is None:
         return _FileInfo(None, problems)
     if decode:
         try:
-            image = open_image(path)
-        except DatasetError as err:
-            return _FileInfo(None, [Problem("error", path, str(err).removeprefix(f"{path}: "))])
-    if image.mode in _PHOTO_NOTES or image.mode.startswith("I;16"):
-        note = _PHOTO_NOTES.get(image.mode, "16-bit")
-        problems.append(Problem("warning", path, f"{note} image (mode {image.mode}); readers convert it to RGB"))
-    return _FileInfo(image.size, problems)
+            read_rgb(path)
+        except DataError as err:
+            return _FileInfo(None, [Problem("error", path, _message(path, err))])
+    notes = header.notes()
+    if notes:
+        problems.append(Problem("warning", path, f"{'; '.join(notes)} (mode {header.mode}); the loaders do this"))
+    return _FileInfo(header.size, problems)
 
 
 def _check_mask(path: Path, decode: bool) -> _FileInfo:
-    image, problems = _header(path)
-    if image is None or not decode:
-        return _FileInfo(None if image is None else image.size, problems)
+    header, problems = _header(path)
+    if header is None or not decode:
+        return _FileInfo(None if header is None else header.size, problems)
     try:
-        image = open_image(path)
+        image, _ = open_image(path)
         colour, alpha = mask_channels(image)
-    except DatasetError as err:
-        return _FileInfo(None, [Problem("error", path, str(err).removeprefix(f"{path}: "))])
+    except DataError as err:
+        return _FileInfo(None, [Problem("error", path, _message(path, err))])
     if colour.shape[2] > 1 and np.ptp(colour, axis=2).max() > 1.5 / 255:
         problems.append(Problem("error", path, f"{colour.shape[2]} channels that differ; a mask must be one channel"))
+    notes = []
     if alpha is not None and np.ptp(alpha) > 0:
         if np.ptp(colour[:, :, 0]) == 0:
-            note = "the mask is in the alpha channel; pipeline readers use it, tools reading channel 0 see nothing"
+            notes.append(
+                "the mask is in the alpha channel; pipeline readers use it, tools reading channel 0 see nothing"
+            )
         else:
-            note = "alpha channel varies; pipeline readers ignore it and use channel 0"
-        problems.append(Problem("warning", path, f"{note} (mode {image.mode})"))
-    if image.mode.startswith("I"):
-        problems.append(Problem("warning", path, f"16-bit mask (mode {image.mode}); readers scale it to 0-1"))
+            notes.append("alpha channel varies; pipeline readers ignore it and use channel 0")
+    if header.sixteen_bit or header.mode == "I":
+        notes.append("16-bit mask; readers scale it to 0-1")
+    if header.orientation != 1:
+        notes.append(f"rotated by EXIF (orientation {header.orientation}) before use")
+    if notes:
+        problems.append(Problem("warning", path, f"{'; '.join(notes)} (mode {header.mode})"))
     mask = mask_from_channels(colour, alpha)
     if mask.max() < 0.5:
         problems.append(Problem("error", path, "mask is empty (no pixel above 127)"))
@@ -136,7 +133,7 @@ def _check_mask(path: Path, decode: bool) -> _FileInfo:
     soft = float(np.mean((mask > 8 / 255) & (mask < 247 / 255)))
     if soft > SOFT_FRACTION:
         problems.append(Problem("error", path, f"not binary: {soft:.1%} of pixels are between 8 and 247 (JPEG?)"))
-    return _FileInfo(image.size, problems)
+    return _FileInfo(header.size, problems)
 
 
 def _pairs_and_list_problems(
@@ -228,33 +225,44 @@ def require_valid(
     *,
     decode: bool = False,
     workers: int | None = None,
+    advice: str = "",
 ) -> list[Problem]:
     """Refuse a dataset with errors: DatasetError listing them (up to 20); returns the warnings otherwise.
 
-    For a trainer's start: decode=False (the default here) checks lists, existence, empty files and sizes.
+    For a trainer's start: decode=False (the default here) checks lists, existence, empty files,
+    headers (pixel budget) and sizes. `advice` is appended to the message's hint.
     """
     problems = check_dataset(root, subsets, split, decode=decode, workers=workers)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
-        shown = "\n  ".join(str(p) for p in errors[:20])
-        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        hint = f"run `python -m pipeline.check {root}` for the full report"
-        raise DatasetError(f"{root}: {len(errors)} dataset error(s):\n  {shown}{more}\n{hint}")
+        hint = f"run `python -m pipeline.check {root}` for the full report{advice}"
+        where = "" if split == "all" else f" in the {split} split"
+        raise DatasetError(f"{root}: {len(errors)} dataset error(s){where}:\n  {first_n(errors, 20)}\n{hint}")
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print every problem, one a line, then a summary; exit status 1 if any is an error."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.check", description=__doc__.split("\n")[0])
     parser.add_argument("root", type=Path, help="dataset root (holding subset folders) or one subset folder")
     parser.add_argument("--subsets", nargs="+", help="only these subsets (default: every subset with a list)")
     parser.add_argument("--split", choices=[*SPLITS, "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="headers only: do not decode images or read masks")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 8)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print every problem, one a line, then a summary; exit status 1 if any is an error."""
+    args = build_parser().parse_args(argv)
+    return run_cli("pipeline.check", lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
 
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     console = Console(highlight=False, soft_wrap=True)
     pairs, problems = _check(args.root, args.subsets, args.split, not args.quick, args.workers)
     colour = {"error": "bold red", "warning": "yellow"}

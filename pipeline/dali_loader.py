@@ -11,6 +11,11 @@ random operators are not used: the crop depends on the mask and must be a pure f
 pipeline is built per epoch() call (~50 ms) over just the batches asked for, so resuming at a
 batch decodes nothing before it.
 
+Decoding policy: pipeline.images, the package's one decoder, decides per file (from its header)
+whether DALI may decode the stored bytes (plain 8-bit RGB/gray JPEG and PNG without EXIF rotation:
+DALI gives Pillow's pixels) or gets the file decoded by pipeline.images and re-encoded losslessly
+(EXIF-rotated, 16-bit, palette, CMYK, alpha, other formats), so both backends see the same pixels.
+
 Decode failures surface as DatasetError naming the file: bytes are read and their headers checked
 in the external source, and a DALI decode error is mapped back to the file by re-decoding the
 in-flight batches with PIL.
@@ -28,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from giftnet.imagenet import MEAN_255, STD_255
+from pipeline import images
 from pipeline.augment import (
     ShardPlan,
     check_same_size,
@@ -35,8 +42,7 @@ from pipeline.augment import (
     read_mask,
     sample_crop,
 )
-from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD, DatasetError, Pair
-from pipeline.torch_loader import open_rgb
+from pipeline.pairs import DatasetError, Pair
 
 try:
     from nvidia.dali import fn, types
@@ -48,8 +54,7 @@ try:
 except ImportError as _e:  # the trainer falls back to pipeline.torch_loader
     DALI_IMPORT_ERROR = str(_e)
 
-_MEAN_255 = [255.0 * m for m in IMAGENET_MEAN]
-_STD_255 = [255.0 * s for s in IMAGENET_STD]
+_MEAN_255, _STD_255 = list(MEAN_255), list(STD_255)
 
 
 def require_dali() -> None:
@@ -62,13 +67,10 @@ def require_dali() -> None:
 
 
 def _read_bytes(path: Path) -> np.ndarray:
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read file ({e})") from None
-    if data.size == 0:
-        raise DatasetError(f"{path}: file is empty")
-    return data
+    """The encoded photo for DALI: as stored when DALI decodes it as pipeline.images does, else
+    decoded by pipeline.images (EXIF rotation, 16-bit scaling, palette, CMYK, ...) and re-encoded
+    losslessly, so both backends see the same pixels. Headers (pixel budget) are checked first."""
+    return images.dali_bytes(path)
 
 
 def _device_id(device: torch.device) -> int | None:
@@ -159,7 +161,7 @@ def _find_undecodable(pairs: Sequence[Pair], batches: Sequence[np.ndarray]) -> D
         for i in batch:
             for path in (pairs[i].composite, pairs[i].real):
                 try:
-                    open_rgb(path)
+                    images.read_rgb(path)
                 except DatasetError as e:
                     return e
     return None
@@ -203,7 +205,8 @@ def _pipeline(batch_size: int, num_workers: int, device: torch.device) -> Pipeli
 def _decoder(device: torch.device, sliced: bool) -> Callable:
     op = fn.decoders.image_slice if sliced else fn.decoders.image
     kwargs = {"normalized_anchor": False, "normalized_shape": False} if sliced else {}
-    # Fancy upsampling and raw pixel orientation: the same pixels as PIL, aligned with the mask.
+    # Fancy upsampling: the same pixels as Pillow. Raw orientation: a file with an EXIF rotation
+    # reaches DALI already decoded, rotated and re-encoded by _read_bytes (so on the GPU too).
     return functools.partial(
         op,
         device="mixed" if device.type == "cuda" else "cpu",

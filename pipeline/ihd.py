@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal, overload
 
+from giftnet.messages import first_n
 from pipeline.pairs import DatasetError, Pair
 
 SPLITS = ("train", "test")
@@ -151,7 +152,12 @@ def read_list_file(
     pairs: list[Pair] = []
     bad: list[BadLine] = []
     for number, line in read_list_lines(list_file):
-        parts = [p for p in line.replace("\\", "/").split("/") if p]
+        unix = line.replace("\\", "/")
+        parts = [p for p in unix.split("/") if p and p != "."]
+        if unix.startswith("/") or (len(unix) > 1 and unix[1] == ":") or ".." in parts:
+            reason = "path leaves the dataset root (absolute or with '..'); list lines are relative to it"
+            bad.append(BadLine(list_file, number, line, reason))
+            continue
         if len(parts) == 1:
             subset_dir = base
         elif len(parts) >= 3 and parts[-2] == COMPOSITE_DIR:
@@ -237,9 +243,7 @@ def read_pairs(
         if absent:
             raise DatasetError(f"{root}: no {split} pairs for subsets {absent}")
     if strict and bad:
-        shown = "\n  ".join(str(b) for b in bad[:_MAX_LISTED])
-        more = f"\n  ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
-        raise DatasetError(f"{len(bad)} bad list line(s) under {root}:\n  {shown}{more}")
+        raise DatasetError(f"{len(bad)} bad list line(s) under {root}:\n  {first_n(bad, _MAX_LISTED)}")
     if strict:
         return pairs
     return pairs, bad

@@ -14,6 +14,7 @@ import torch
 
 from giftnet.choices import BACKENDS
 from giftnet.errors import ConfigError
+from giftnet.messages import first_n
 from pipeline import dali_loader
 from pipeline.dali_loader import DaliEvalLoader, DaliTrainLoader
 from pipeline.pairs import DatasetError, Pair
@@ -53,9 +54,7 @@ def check_files(pairs: Sequence[Pair]) -> None:
         raise DatasetError("the pair list is empty")
     missing = [str(p) for pair in pairs for p in (pair.composite, pair.mask, pair.real) if not p.is_file()]
     if missing:
-        shown = "\n  ".join(missing[:10])
-        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise DatasetError(f"{len(missing)} dataset files are missing:\n  {shown}{more}")
+        raise DatasetError(f"{len(missing)} dataset files are missing:\n  {first_n(missing, 10)}")
 
 
 def _check_positive(**values: int) -> None:

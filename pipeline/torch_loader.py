@@ -1,4 +1,4 @@
-"""Plain PyTorch loaders (DataLoader worker processes + PIL decoding).
+"""Plain PyTorch loaders (DataLoader worker processes + pipeline.images, the one decoder).
 
 The data benchmark's baseline, and the trainer's fallback where DALI is not installed. Crops and
 flips come from pipeline.augment, so this backend yields the same crops as the DALI one, up to
@@ -10,39 +10,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from giftnet.imagenet import normalise
 from pipeline.augment import (
     ShardPlan,
     check_same_size,
     read_mask,
     sample_crop,
 )
-from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD, DatasetError, Pair
+from pipeline.images import read_rgb
+from pipeline.pairs import DatasetError, Pair
 
 _DATASET_ERROR_PREFIX = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
-
-
-def open_rgb(path: Path) -> Image.Image:
-    """Decode an image file fully to RGB; any failure is a DatasetError naming the file."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"{path}: cannot decode image ({e})") from None
-
-
-def normalise(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 or 0-255 float (B, 3, H, W) -> float32 normalised with the ImageNet mean and std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images_u8.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, device=images_u8.device).view(1, 3, 1, 1) * 255.0
-    return (images_u8.float() - mean) / std
 
 
 def _chw(arr: np.ndarray) -> torch.Tensor:
@@ -89,7 +73,7 @@ class TrainSet(Dataset):
         pair = self.pairs[index]
         size = self.crop_size
         mask = read_mask(pair.mask)
-        comp, real = np.array(open_rgb(pair.composite)), np.array(open_rgb(pair.real))
+        comp, real = read_rgb(pair.composite), read_rgb(pair.real)
         check_same_size((pair.composite, pair.mask, pair.real), (comp.shape[:2], mask.shape, real.shape[:2]))
         p = sample_crop(mask, crop_size=size, seed=self.seed, epoch=epoch, index=index)
         rows, cols = slice(p.top, p.top + p.height), slice(p.left, p.left + p.width)
@@ -116,7 +100,7 @@ class EvalSet(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         pair = self.pairs[index]
         mask = read_mask(pair.mask)
-        comp, real = np.array(open_rgb(pair.composite)), np.array(open_rgb(pair.real))
+        comp, real = read_rgb(pair.composite), read_rgb(pair.real)
         check_same_size((pair.composite, pair.mask, pair.real), (comp.shape[:2], mask.shape, real.shape[:2]))
         return {
             "composite": _to_u8(resize_linear(comp, self.size)),

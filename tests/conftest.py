@@ -19,3 +19,21 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def png_bytes(width: int, height: int, depth: int, colour_type: int, raw_rows: bytes) -> bytes:
+    """A PNG written by hand: Pillow cannot write 16-bit RGB, and a decompression bomb may declare any size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw_rows)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def bomb_png() -> bytes:
+    """A 68-byte PNG declaring 100000 x 100000 8-bit gray pixels (one row of data)."""
+    return png_bytes(100_000, 100_000, 8, 0, b"\x00" * 16)

@@ -190,7 +190,7 @@ def test_cli_bad_input(
     rc = main(["--data", str(root), "--weights", str(w), "--device", "cpu", "--backend", "torch", *extra])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.startswith("error: ") and expect in err and "Traceback" not in err
+    assert "error: " in err.splitlines()[0] and expect in err and "Traceback" not in err
     if case in ("missing_root", "missing_weights", "bad_weights"):
         assert str(root if case == "missing_root" else w) in err
 
@@ -206,7 +206,7 @@ def test_module_entry_point_exit_status(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == f"error: {missing}: weights file does not exist"
+    assert proc.stderr.strip() == f"evaluate: error: {missing}: weights file does not exist"
 
 
 def test_bf16_autocast_close_to_fp32(data_root: Path) -> None:

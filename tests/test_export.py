@@ -83,7 +83,7 @@ def test_export_refusals_leave_the_output_alone(tmp_path, capsys, what):
         source.mkdir()
         expect = "no ckpt-*.safetensors"
     elif what == "missing":
-        expect = "no such file"
+        expect = "does not exist"
     elif what == "folder-as-out":
         source, _ = write_checkpoint(tmp_path, "harmonization", 1, seed=1)
         out = tmp_path / "dir"

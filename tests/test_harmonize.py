@@ -182,7 +182,7 @@ def test_cli_bad_input(case: str, expect: str, weights: Path, tmp_path: Path, ca
         image, mask = tmp_path / "i", tmp_path / "k"
     rc = main(["--image", str(image), "--mask", str(mask), "--weights", str(w), "--out", str(tmp_path / "o.png")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: ") and expect in err and "Traceback" not in err
+    assert rc == 2 and "error: " in err.splitlines()[0] and expect in err and "Traceback" not in err
     if case in ("missing_weights", "bad_weights"):
         assert str(w) in err
     if case in ("missing_image", "bad_image"):
@@ -203,4 +203,4 @@ def test_module_entry_point_exit_status(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: ")
+    assert len(lines) == 1 and lines[0].startswith(f"harmonize: error: {bad}: ")

@@ -88,13 +88,17 @@ def test_batch_not_divisible_by_the_ranks(tmp_path, capsys, monkeypatch):
     assert "--batch-size 16 must be divisible by the number of processes (3)" in refused(tmp_path, capsys)
 
 
-def test_run_folder_that_is_a_file_or_holds_another_run(tmp_path, capsys):
+def test_run_folder_that_is_a_file_or_holds_another_run(tmp_path, capsys, monkeypatch):
     (tmp_path / "r").write_text("x")
     assert "exists and is not a folder" in refused(tmp_path, capsys)
     (tmp_path / "r").unlink()
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "ckpt-harmonization-000000001.safetensors").write_bytes(b"")
     assert "already holds checkpoints" in refused(tmp_path, capsys)
+    cfg = TrainConfig(out=str(tmp_path / "r"), model=ModelConfig(base_channels=8))
+    pf.check_run_folder(tmp_path / "r", resume=True)  # --resume, or a torchrun restart:
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    pf.preflight(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +133,7 @@ HARMONIZATION = ("--stage", "harmonization")
         (("--teacher-weights",), "model", "a teacher must be the plain backbone"),
         (("--init-weights",), "nan-model", "non-finite"),
         (("--init-weights",), "teacher", "architecture"),
-        (("--init-weights",), "missing", "no such file"),
+        (("--init-weights",), "missing", "does not exist"),
     ],
 )
 def test_dry_run_reads_the_weights_the_run_would(tmp_path, capsys, weights, extra, which, message):

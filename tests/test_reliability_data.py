@@ -146,7 +146,7 @@ def _truncate(path: Path) -> bytes:
 
 
 @pytest.fixture
-def broken(clean_data, tmp_path) -> tuple[Path, dict[str, Path]]:
+def broken(clean_data, tmp_path, bomb_png) -> tuple[Path, dict[str, Path]]:
     """The clean dataset with one of each fault planted (a copy)."""
     root = tmp_path / "broken"
     shutil.copytree(clean_data, root)
@@ -157,13 +157,17 @@ def broken(clean_data, tmp_path) -> tuple[Path, dict[str, Path]]:
         "zero_bytes": pairs[3].composite,
         "missing": pairs[5].mask,
         "size": pairs[7].composite,
+        "bomb": pairs[9].composite,  # a PNG declaring 100000x100000 pixels (issue 11)
     }
     _truncate(faults["truncated"])
     faults["zero_bytes"].write_bytes(b"")
     faults["missing"].unlink()  # masks are shared by the pairs of one object: those lines all name it
     Image.fromarray(np.zeros((44, 40, 3), np.uint8)).save(faults["size"], quality=90)
+    faults["bomb"].write_bytes(bomb_png)
     list_file = subset / f"{subset.name}_train.txt"
-    list_file.write_bytes(list_file.read_bytes().replace(b"\n", b"\r\n\r\n"))  # CRLF and blank lines: tolerated
+    escape = f"../../{subset.name}/composite_images/{pairs[0].composite.name}\n".encode()  # leaves the root
+    list_file.write_bytes((list_file.read_bytes() + escape).replace(b"\n", b"\r\n\r\n"))  # CRLF, blank lines: tolerated
+    faults["escape"] = list_file
     return root, faults
 
 
@@ -172,9 +176,10 @@ def test_trainer_refuses_a_broken_dataset_naming_each_file(broken, tmp_path, cap
     assert main(train_args(root, tmp_path / "run")) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "--skip-bad-data" in err
-    for kind in ("zero_bytes", "missing", "size"):
+    for kind in ("zero_bytes", "missing", "size", "bomb"):
         assert str(faults[kind]) in err, (kind, err)
     assert "file is empty (0 bytes)" in err and "file does not exist" in err and "but real image" in err
+    assert "budget" in err and "leaves the dataset root" in err
     assert "CRLF" not in err and "blank line" not in err  # tolerated, not errors
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").glob("ckpt-*"))
 
@@ -187,6 +192,8 @@ def test_skip_bad_data_trains_on_the_rest_and_logs_every_skipped_item(broken, tm
     for kind, path in faults.items():
         assert any(str(path) in line for line in skipped), (kind, skipped)
     assert any("unreadable or truncated" in line for line in skipped)  # found only by decoding
+    assert any(str(faults["bomb"]) in line and "budget" in line for line in skipped)
+    assert any(str(faults["escape"]) in line and "leaves the dataset root" in line for line in skipped)
     n_bad, kept = (int(v) for v in re.search(r"skipped (\d+) bad train item\(s\); kept (\d+) pairs", out).groups())
     n_lines = len([ln for ln in (root / "HSynth" / "HSynth_train.txt").read_text().splitlines() if ln.strip()])
     assert n_bad + kept == n_lines and n_bad >= len(faults)

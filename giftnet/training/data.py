@@ -7,7 +7,7 @@ from pathlib import Path
 
 from giftnet.training import distributed as dist
 from giftnet.training.config import TrainConfig
-from pipeline.check import check_dataset
+from pipeline.check import check_dataset, require_valid
 from pipeline.ihd import read_pairs
 from pipeline.pairs import DatasetError, Pair
 
@@ -43,15 +43,11 @@ def load_pairs(cfg: TrainConfig, root: Path, split: str, log) -> list[Pair]:
     # The quick check (lists, existence, empty files, headers, sizes) runs on every start. Skipping
     # bad items decodes every image too, so that a truncated file is skipped here rather than
     # stopping the run when the loader meets it (the pair list must not change across resumes).
-    problems = check_dataset(root, subsets, split, decode=cfg.skip_bad_data)
-    problems = [p for p in problems if p.severity == "error"]
-    if problems and not cfg.skip_bad_data:
-        shown = "\n  ".join(str(p) for p in problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DatasetError(
-            f"{root}: {len(problems)} problem(s) in the {split} split (run `python -m pipeline.check {root}` "
-            f"for the full report, or pass --skip-bad-data to skip the bad items):\n  {shown}{more}"
-        )
+    if not cfg.skip_bad_data:
+        require_valid(root, subsets, split, decode=False, advice=", or pass --skip-bad-data to skip the bad items")
+        problems = []
+    else:
+        problems = [p for p in check_dataset(root, subsets, split, decode=True) if p.severity == "error"]
     pairs, bad_lines = read_pairs(root, subsets, split, strict=False)
     faults: dict[Path, list[str]] = {}
     for problem in problems:

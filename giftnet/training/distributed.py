@@ -31,6 +31,11 @@ def init(device_kind: str = "auto") -> torch.device:
     return device
 
 
+def restart_count() -> int:
+    """How many times torchrun's elastic agent has restarted this worker group (0 on the first start)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()

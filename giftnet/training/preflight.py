@@ -19,6 +19,7 @@ from giftnet.errors import UsageError, WeightsError
 from giftnet.fileio import check_regular_file
 from giftnet.model import GiftNet, build_teacher
 from giftnet.training.config import TrainConfig
+from giftnet.training.distributed import restart_count
 from giftnet.training.loop import TEACHER_FILE
 from giftnet.training.precision import apex_available, cpu_supports
 from giftnet.weights import check_role, load_state_checked, read_model_config
@@ -27,6 +28,7 @@ from kernels._dispatch import interpreter_enabled, triton_installed
 
 def preflight(cfg: TrainConfig, *, resume: bool = False) -> torch.device:
     """Check `cfg` against this machine and the files it names; return the device the run will use."""
+    resume = resume or restart_count() > 0  # torchrun restarted the group: the run continues
     device = check_device(cfg.device)
     check_precision(cfg.precision, device)
     check_optimizer(cfg.optimizer, device)

@@ -122,6 +122,11 @@ def run(cfg: TrainConfig, *, resume: bool = False, dry_run: bool = False) -> int
     device = dist.init(cfg.device)
     ctx = Context(cfg, device)
     try:
+        if not resume and dist.restart_count() > 0:
+            # torchrun restarted the group after a worker died: the same command line comes back,
+            # and every rank continues from the newest complete checkpoint, with no flag.
+            resume = True
+            ctx.log(f"torchrun restart {dist.restart_count()}: continuing from the newest checkpoint")
         if not resume and list_checkpoints(ctx.run):
             raise FileExistsError(
                 f"{ctx.run} already holds checkpoints: pass --resume {ctx.run} to continue, or another --out"

@@ -1,0 +1,29 @@
+"""The network's input space: ImageNet mean/std normalisation of 0-255 images, and back.
+
+Written once here for the loaders, evaluate, harmonize, the demo and the metrics. DALI applies the
+same `MEAN_255` / `STD_255` inside its own crop_mirror_normalize.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD
+
+MEAN_255 = tuple(255.0 * m for m in IMAGENET_MEAN)
+STD_255 = tuple(255.0 * s for s in IMAGENET_STD)
+
+
+def _per_channel(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, device=like.device, dtype=torch.float32).view(3, 1, 1)
+
+
+def normalise(images_255: torch.Tensor) -> torch.Tensor:
+    """uint8 or 0-255 float, (B, 3, H, W) or (3, H, W) -> float32 normalised with the ImageNet mean and std."""
+    return (images_255.float() - _per_channel(MEAN_255, images_255)) / _per_channel(STD_255, images_255)
+
+
+def to_255(image: torch.Tensor) -> torch.Tensor:
+    """De-normalise an ImageNet-normalised image to float 0-255, clamped (not rounded)."""
+    mean, std = _per_channel(IMAGENET_MEAN, image), _per_channel(IMAGENET_STD, image)
+    return ((image.float() * std + mean) * 255.0).clamp(0.0, 255.0)

@@ -1,0 +1,18 @@
+"""Message helpers shared by every error and report that lists things."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def first_n(items: Iterable[object], limit: int, sep: str = "\n  ") -> str:
+    """The first `limit` items (as text) joined by `sep`, then `... and K more` when there are more.
+
+    The one formatter behind every "N problems: first few ... and K more" message, so a long list
+    of bad files never floods the terminal and the count is never lost.
+    """
+    items = [str(item) for item in items]
+    shown = sep.join(items[:limit])
+    if len(items) > limit:
+        shown += f"{sep}... and {len(items) - limit} more"
+    return shown
