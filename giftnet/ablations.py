@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from giftnet.config import ENCODER_SITES, LossConfig, ModelConfig
+from giftnet.errors import UsageError
 
 E = ENCODER_SITES
 
@@ -54,5 +55,5 @@ TABLE3: dict[int, Ablation] = {
 
 def ablation(row: int) -> Ablation:
     if row not in TABLE3:
-        raise ValueError(f"Table 3 has rows 1-10, got {row}")
+        raise UsageError(f"--ablation: Table 3 has rows 1-10, got {row}")
     return TABLE3[row]

@@ -40,3 +40,7 @@ def run_cli(prog: str, main: Callable[[], int]) -> int:
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+class ConfigError(UsageError, ValueError):
+    """A config field with a value outside its domain (a ValueError too, for Python callers)."""

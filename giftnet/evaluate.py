@@ -36,6 +36,7 @@ from rich.table import Table
 from rich.text import Text
 from torch import nn
 
+from giftnet.choices import BACKENDS
 from giftnet.errors import UsageError, run_cli
 from giftnet.fileio import InputGuard, atomic_write_text, output_errors
 from giftnet.imagenet import to_255
@@ -51,7 +52,7 @@ from giftnet.runtime import (  # re-exported: the names this module held before 
 )
 from pipeline.ihd import list_files_for, read_pairs
 from pipeline.images import save_image
-from pipeline.loaders import BACKENDS, resolve_backend
+from pipeline.loaders import resolve_backend
 from pipeline.pairs import DatasetError, Pair
 
 METRICS = ("mse", "fmse", "psnr", "fpsnr", "fssim")

@@ -29,9 +29,10 @@ class GiftNet(nn.Module):
     block's output before it flows on.
     """
 
-    def __init__(self, cfg: ModelConfig | None = None) -> None:
+    def __init__(self, cfg: ModelConfig | None = None, role: str = "model") -> None:
         super().__init__()
         self.config = cfg or ModelConfig()
+        self.role = role  # "model", or "teacher" for the reconstruction branch (recorded in its weights)
         base = self.config.base_channels
         self.encoder = Encoder(base)
         self.decoder = Decoder(base)
@@ -63,7 +64,7 @@ def build_model(cfg: ModelConfig | None = None) -> GiftNet:
 def build_teacher(cfg: ModelConfig | None = None) -> GiftNet:
     """The reconstruction branch: the same UNet without GIFT (input: the real image + mask)."""
     base = (cfg or ModelConfig()).base_channels
-    return GiftNet(ModelConfig(base_channels=base, gift_sites=()))
+    return GiftNet(ModelConfig(base_channels=base, gift_sites=()), role="teacher")
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -12,12 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from giftnet.choices import FIXED_PRECISIONS as PRECISIONS
 from giftnet.errors import UsageError, WeightsError
 from giftnet.fileio import check_regular_file
 from giftnet.training.precision import autocast
 from giftnet.weights import load_weights
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -12,13 +12,14 @@ from typing import Protocol
 
 import torch
 
+from giftnet.choices import BACKENDS
+from giftnet.errors import ConfigError
 from giftnet.messages import first_n
 from pipeline import dali_loader
 from pipeline.dali_loader import DaliEvalLoader, DaliTrainLoader
 from pipeline.pairs import DatasetError, Pair
 from pipeline.torch_loader import TorchEvalLoader, TorchTrainLoader
 
-BACKENDS = ("auto", "dali", "torch")
 CPU = torch.device("cpu")
 
 
@@ -111,8 +112,8 @@ def make_train_loader(
         **({"feed_processes": feed_processes} if dali else {}),
     )
     if len(loader) == 0:
-        raise ValueError(
-            f"batch_size={batch_size} exceeds this rank's {len(pairs) // world_size} pairs with drop_last=True"
+        raise ConfigError(
+            f"--batch-size: batch_size={batch_size} exceeds this rank's {len(pairs) // world_size} pairs with drop_last=True"
         )
     return loader
 

@@ -157,8 +157,6 @@ def test_mixed_precision_steps_on_cpu(tiny_data, tmp_path, precision):
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--lr", "-1"], "--lr must be > 0"),
         (["--crop-size", "0"], "--crop-size must be a positive multiple of 8"),
-        (["--stage", "both"], "--stage must be one of"),
-        (["--gift-sites", "E9"], "gift_sites"),
         (["--init-weights", "/nonexistent/w.safetensors"], "/nonexistent/w.safetensors"),
     ],
 )

@@ -1,9 +1,14 @@
-"""Command line of train.py: flags map one-to-one onto TrainConfig fields."""
+"""Command line of train.py, generated from the config dataclasses: one flag per field.
+
+TrainConfig, ModelConfig and LossConfig declare each field's type (choices as `Literal`) and
+help once (giftnet.fields); this module only adds the few flags that are not config fields
+(--config, --resume, --dry-run, --ablation) and the precedence of the sources.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import errno
 import json
 import sys
 from pathlib import Path
@@ -11,55 +16,13 @@ from typing import Any
 
 from giftnet.ablations import ablation
 from giftnet.config import LossConfig, ModelConfig
+from giftnet.errors import UsageError, run_cli
+from giftnet.fields import add_arguments, from_dict
+from giftnet.fileio import check_regular_file
 from giftnet.training.config import DEMO_PROFILE, TrainConfig
 
 S = argparse.SUPPRESS
-
-# flag -> (TrainConfig field or "model.x"/"loss.x", type, help)
-FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--data": ("data", str, "iHarmony4-layout dataset root (default: the built-in demo dataset)"),
-    "--subsets": ("subsets", "list", "subset folders under --data (default: all with a train list)"),
-    "--out": ("out", str, "run folder (checkpoints, logs, exported weights)"),
-    "--stage": ("stage", str, "all | reconstruction | harmonization"),
-    "--epochs": ("epochs", int, "epochs of the harmonization branch (paper: 120)"),
-    "--teacher-epochs": ("teacher_epochs", int, "epochs of the reconstruction branch (default: --epochs)"),
-    "--milestones": ("milestones", "ints", "epochs where lr drops x0.1 (default: 105/120 and 115/120 of --epochs)"),
-    "--lr": ("lr", float, "Adam learning rate (paper: 1e-3)"),
-    "--batch-size": ("batch_size", int, "global batch size, split over the ranks (paper: 16)"),
-    "--crop-size": ("crop_size", int, "training crop size (paper: 256)"),
-    "--eval-size": ("eval_size", int, "evaluation size (Fixed256: 256)"),
-    "--eval-batch-size": ("eval_batch_size", int, "evaluation batch size"),
-    "--eval-every": ("eval_every", int, "evaluate every N epochs (0: only at the end)"),
-    "--precision": ("precision", str, "auto | fp32 | bf16 | fp16"),
-    "--device": ("device", str, "auto | cpu | cuda"),
-    "--optimizer": ("optimizer", str, "adam (paper; fused on CUDA) | apex (NVIDIA apex FusedAdam, if built) | sgd"),
-    "--seed": ("seed", int, "random seed"),
-    "--workers": ("workers", int, "data-loading CPU workers per rank"),
-    "--backend": ("backend", str, "data pipeline: auto | dali | torch"),
-    "--init-weights": ("init_weights", str, "fine-tune from these GiftNet weights (e.g. ccHarmony after iHarmony4)"),
-    "--teacher-weights": ("teacher_weights", str, "use this reconstruction branch instead of training one"),
-    "--log-every": ("log_every", int, "log interval in steps"),
-    "--ckpt-every": ("ckpt_every", int, "checkpoint interval in steps (also at every epoch end)"),
-    "--keep-last": ("keep_last", int, "checkpoints kept per stage"),
-    "--max-bad-steps": ("max_bad_steps", int, "stop after this many consecutive non-finite losses"),
-    "--demo-pairs": ("demo_pairs", "ints", "built-in dataset: TRAIN TEST pair counts"),
-    "--demo-size": ("demo_size", int, "built-in dataset: image short side"),
-    "--gift-sites": ("model.gift_sites", "list", "GIFT sites among E1-E4, D1-D3 (default: E1 E2 E3 E4 D2 D3)"),
-    "--guidance": ("model.guidance", str, "global | none | self"),
-    "--base-channels": ("model.base_channels", int, "backbone width (iSSAM: 32)"),
-    "--loss": ("loss.harmonization", str, "l1 (paper) | fn_mse (iSSAM)"),
-    "--distill": ("loss.distill", str, "relation | feature | none"),
-    "--distill-sites": ("loss.distill_sites", "list", "maps to distil (default: E1 E2 E3 E4)"),
-    "--distill-weight": ("loss.distill_weight", float, "lambda (paper: 0.001)"),
-    "--gamma": ("loss.gamma", float, "relation-map gamma (paper: 0.01)"),
-}
-SWITCHES = {
-    "channels_last": "channels-last memory format (default: on CUDA)",
-    "sync_bn": "SyncBatchNorm under DDP (default: on)",
-    "compile": "torch.compile the model",
-    "deterministic": "deterministic algorithms (exact resume on GPUs too, slower)",
-    "skip_bad_data": "skip and log bad dataset items instead of refusing to start",
-}
+SECTIONS = {"model": ModelConfig, "loss": LossConfig}  # nested configs: dest "model.x", "loss.x"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,80 +31,90 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, default=S, help="JSON file of config fields (flags override it)")
     p.add_argument("--resume", type=Path, default=S, metavar="RUN", help="continue the run in this folder exactly")
-    p.add_argument("--dry-run", action="store_true", help="validate config and data, print the plan, train nothing")
+    p.add_argument("--dry-run", action="store_true", help="check config, devices, weights and data; train nothing")
     p.add_argument("--ablation", type=int, default=S, metavar="ROW", help="model and loss of the paper's Table 3 row")
-    for flag, (_, kind, help_) in FLAGS.items():
-        if kind in ("list", "ints"):
-            p.add_argument(flag, nargs="+", type=int if kind == "ints" else str, default=S, help=help_)
-        else:
-            p.add_argument(flag, type=kind, default=S, help=help_)
-    for name, help_ in SWITCHES.items():
-        p.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, action=argparse.BooleanOptionalAction, default=S, help=help_
-        )
+    add_arguments(p.add_argument_group("training run"), TrainConfig)
+    add_arguments(p.add_argument_group("model (stored in the weights)"), ModelConfig, "model.")
+    add_arguments(p.add_argument_group("loss"), LossConfig, "loss.")
     return p
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in `path`; UsageError naming `what` (the flag and file) otherwise."""
+    check_regular_file(path, what)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{what} {path}: cannot read JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} {path}: must hold a JSON object")
+    return data
+
+
+def base_config(given: dict[str, Any]) -> dict[str, Any]:
+    """The config file's fields (or the resumed run's), type-checked and naming the file."""
+    if "resume" in given and "config" in given:
+        raise UsageError("--config cannot be used with --resume: a resumed run reads its own config.json")
+    if "resume" in given:
+        run = given["resume"]
+        saved = run / "config.json"
+        if not saved.exists():
+            raise UsageError(f"--resume {run}: no config.json there (not a run folder?)")
+        where = f"--resume {run}: {saved}"
+        base = read_json_object(saved, f"--resume {run}:")
+        base["out"] = str(run)
+    elif "config" in given:
+        where = f"--config {given['config']}"
+        base = read_json_object(given["config"], "--config")
+    else:
+        return {}
+    # Check every field's type now, naming the file, before anything else is merged in.
+    from_dict(TrainConfig, base | {"model": ModelConfig().to_dict(), "loss": LossConfig().to_dict()}, where)
+    for name, cls in SECTIONS.items():
+        if name in base:
+            from_dict(cls, base[name], where, prefix=f"{name}.")
+    return base
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:
     """Profile < --config file (or the resumed run's config.json) < --ablation < flags."""
     given = vars(args)
-    base: dict[str, Any] = {}
-    if "resume" in given:
-        saved = given["resume"] / "config.json"
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume {given['resume']}: no config.json there (not a run folder?)")
-        try:
-            base = json.loads(saved.read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"--resume {given['resume']}: cannot read {saved} ({exc})") from exc
-        if not isinstance(base, dict):
-            raise ValueError(f"--resume {given['resume']}: {saved} must hold a JSON object")
-        base["out"] = str(given["resume"])
-    elif "config" in given:
-        try:
-            base = json.loads(given["config"].read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"--config {given['config']}: cannot read JSON ({exc})") from exc
-        if not isinstance(base, dict):
-            raise ValueError(f"--config {given['config']}: must hold a JSON object")
+    base = base_config(given)
     data_given = given.get("data", base.get("data"))
     merged: dict[str, Any] = {} if data_given is not None or "resume" in given else dict(DEMO_PROFILE)
     merged |= base
-    model = dict(merged.pop("model", {}))
-    loss = dict(merged.pop("loss", {}))
+    sections = {name: dict(merged.pop(name, {})) for name in SECTIONS}
     if "ablation" in given:
         row = ablation(given["ablation"])
-        model |= row.model.to_dict()
-        loss |= row.loss.to_dict()
-    for flag, (field, _, _) in FLAGS.items():
-        dest = flag[2:].replace("-", "_")
-        if dest in given:
-            value = given[dest]
-            target = model if field.startswith("model.") else loss if field.startswith("loss.") else merged
-            target[field.split(".")[-1]] = value
-    merged |= {k: given[k] for k in SWITCHES if k in given}
-    merged["model"] = ModelConfig.from_dict(model)
-    merged["loss"] = LossConfig.from_dict(loss)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(merged) - names)
-    if unknown:
-        raise ValueError(f"unknown config field(s) {unknown}")
-    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()}
-    return TrainConfig(**fields)
+        sections["model"] |= row.model.to_dict()
+        sections["loss"] |= row.loss.to_dict()
+    for dest, value in given.items():
+        head, _, field = dest.partition(".")
+        if field and head in SECTIONS:
+            sections[head][field] = value
+        elif dest not in ("config", "resume", "dry_run", "ablation"):
+            merged[dest] = value
+    merged |= sections
+    return from_dict(TrainConfig, merged)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from giftnet.training.run import run
-    from giftnet.weights import WeightsError
-    from pipeline.pairs import DatasetError
-
+    """train.py: a user's mistake is a message and exit 2; a bug raises with its traceback."""
     args = parser().parse_args(argv)
-    try:
+
+    def body() -> int:
+        from giftnet.training.run import run
+
         cfg = resolve(args)
-        return run(cfg, resume="resume" in vars(args), dry_run=args.dry_run)
-    except (ValueError, TypeError, DatasetError, WeightsError, FileNotFoundError, FileExistsError) as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
-        return 2
-    except (FloatingPointError, OSError) as exc:  # non-finite losses; a checkpoint that cannot be written
-        print(f"train.py: stopped: {exc}", file=sys.stderr)
-        return 1
+        try:
+            return run(cfg, resume="resume" in vars(args), dry_run=args.dry_run)
+        except FloatingPointError as exc:  # the trainer's stop after max_bad_steps non-finite losses
+            print(f"train.py: stopped: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            print(f"train.py: stopped: the disk is full ({exc}); free space and pass --resume", file=sys.stderr)
+            return 1
+
+    return run_cli("train.py", body)

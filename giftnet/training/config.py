@@ -10,50 +10,67 @@ import dataclasses
 import math
 from typing import Any
 
+from giftnet.choices import (
+    BACKENDS,
+    DEVICES,
+    OPTIMIZERS,
+    PRECISIONS,
+    STAGES,
+    Backend,
+    Device,
+    Optimizer,
+    Precision,
+    Stage,
+)
 from giftnet.config import LossConfig, ModelConfig
+from giftnet.errors import ConfigError
+from giftnet.fields import from_dict, option
 
-STAGES = ("all", "reconstruction", "harmonization")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-OPTIMIZERS = ("adam", "apex", "sgd")
-BACKENDS = ("auto", "dali", "torch")
+__all__ = ["BACKENDS", "DEMO_PROFILE", "OPTIMIZERS", "PRECISIONS", "STAGES", "TrainConfig"]
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run needs. Defaults are the paper's recipe (docs/decisions.md, "Training")."""
+    """Everything a run needs. Defaults are the paper's recipe; each field is one flag of train.py."""
 
-    data: str | None = None  # iHarmony4-layout root; None: the built-in demo dataset
-    subsets: tuple[str, ...] = ()  # subset folders under data; () = every one with a train list
-    out: str = "runs/giftnet"
-    stage: str = "all"  # all = reconstruction branch, then harmonization branch
-    epochs: int = 120
-    teacher_epochs: int | None = None  # reconstruction branch; None = epochs
-    milestones: tuple[int, ...] | None = None  # lr x0.1 at these epochs; None = 105/120, 115/120 of epochs
-    lr: float = 1e-3
-    batch_size: int = 16  # global batch, split evenly over the ranks
-    crop_size: int = 256
-    eval_size: int = 256
-    eval_batch_size: int = 16
-    eval_every: int = 10  # epochs; 0 = only at the end
-    precision: str = "auto"  # auto: bf16 on GPUs that have it, fp32 elsewhere
-    device: str = "auto"
-    channels_last: bool | None = None  # None: on CUDA
-    optimizer: str = "adam"  # adam: torch Adam (fused on CUDA); apex: apex FusedAdam (needs apex built)
-    sync_bn: bool = True  # under DDP
-    compile: bool = False
-    seed: int = 0
-    deterministic: bool = False
-    workers: int = 2
-    backend: str = "auto"  # data: auto | dali | torch
-    init_weights: str | None = None  # fine-tune: start the harmonization branch from these weights
-    teacher_weights: str | None = None  # use these instead of training the reconstruction branch
-    log_every: int = 20  # steps
-    ckpt_every: int = 500  # steps (and at every epoch end)
-    keep_last: int = 3
-    max_bad_steps: int = 50  # stop when this many consecutive steps have a non-finite loss
-    skip_bad_data: bool = False
-    demo_pairs: tuple[int, int] = (640, 64)  # built-in dataset: train, test pairs
-    demo_size: int = 128
+    data: str | None = option(None, help="iHarmony4-layout dataset root (default: the built-in demo dataset)")
+    subsets: tuple[str, ...] = option((), help="subset folders under --data (default: all with a train list)")
+    out: str = option("runs/giftnet", help="run folder (checkpoints, logs, exported weights)")
+    stage: Stage = option("all", help="all = reconstruction branch, then harmonization branch")
+    epochs: int = option(120, help="epochs of the harmonization branch (paper: 120)")
+    teacher_epochs: int | None = option(None, help="epochs of the reconstruction branch (default: --epochs)")
+    milestones: tuple[int, ...] | None = option(
+        None, help="epochs where lr drops x0.1 (default: 105/120 and 115/120 of --epochs)"
+    )
+    lr: float = option(1e-3, help="Adam learning rate (paper: 1e-3)")
+    batch_size: int = option(16, help="global batch size, split over the ranks (paper: 16)")
+    crop_size: int = option(256, help="training crop size (paper: 256)")
+    eval_size: int = option(256, help="evaluation size (Fixed256: 256)")
+    eval_batch_size: int = option(16, help="evaluation batch size")
+    eval_every: int = option(10, help="evaluate every N epochs (0: only at the end)")
+    precision: Precision = option("auto", help="auto: bf16 on GPUs that have it, fp32 on the CPU")
+    device: Device = option("auto", help="auto: CUDA when available")
+    channels_last: bool | None = option(None, help="channels-last memory format (default: on CUDA)")
+    optimizer: Optimizer = option(
+        "adam", help="adam (paper; fused on CUDA) | apex (NVIDIA apex FusedAdam, if built) | sgd"
+    )
+    sync_bn: bool = option(True, help="SyncBatchNorm under DDP (default: on)")
+    compile: bool = option(False, help="torch.compile the model")
+    seed: int = option(0, help="random seed")
+    deterministic: bool = option(False, help="deterministic algorithms (exact resume on GPUs too, slower)")
+    workers: int = option(2, help="data-loading CPU workers per rank")
+    backend: Backend = option("auto", help="data pipeline (auto: DALI when it imports)")
+    init_weights: str | None = option(
+        None, help="fine-tune from these GiftNet weights (e.g. ccHarmony after iHarmony4)"
+    )
+    teacher_weights: str | None = option(None, help="use this reconstruction branch instead of training one")
+    log_every: int = option(20, help="log interval in steps")
+    ckpt_every: int = option(500, help="checkpoint interval in steps (also at every epoch end)")
+    keep_last: int = option(3, help="checkpoints kept per stage")
+    max_bad_steps: int = option(50, help="stop after this many consecutive non-finite losses")
+    skip_bad_data: bool = option(False, help="skip and log bad dataset items instead of refusing to start")
+    demo_pairs: tuple[int, int] = option((640, 64), help="built-in dataset: TRAIN TEST pair counts")
+    demo_size: int = option(128, help="built-in dataset: image short side")
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
 
@@ -63,12 +80,12 @@ class TrainConfig:
     def validate(self) -> None:
         def need(cond: bool, message: str) -> None:
             if not cond:
-                raise ValueError(message)
+                raise ConfigError(message)
 
         need(self.stage in STAGES, f"--stage must be one of {STAGES}, got {self.stage!r}")
         need(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        need(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}")
+        need(self.device in DEVICES, f"--device must be one of {DEVICES}, got {self.device!r}")
         need(self.backend in BACKENDS, f"--backend must be one of {BACKENDS}, got {self.backend!r}")
         need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         need(self.teacher_epochs is None or self.teacher_epochs >= 1, "--teacher-epochs must be >= 1")
@@ -104,17 +121,9 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}")
-        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        if "model" in kw:
-            kw["model"] = ModelConfig.from_dict(data["model"])
-        if "loss" in kw:
-            kw["loss"] = LossConfig.from_dict(data["loss"])
-        return cls(**kw)
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> TrainConfig:
+        """Strictly typed (see giftnet.fields); `where` names the source in messages."""
+        return from_dict(cls, data, where)
 
 
 # The CPU demo: `python train.py` with no --data trains on the built-in dataset in ~10 minutes.

@@ -121,7 +121,7 @@ def load_teacher(ctx: Context) -> GiftNet:
         raise FileNotFoundError(
             f"{path}: teacher weights not found (train the reconstruction stage first, or give --teacher-weights)"
         )
-    teacher = load_weights(path, ctx.device)
+    teacher = load_weights(path, ctx.device, role="teacher")
     if teacher.config.gift_sites:
         raise WeightsError(f"{path}: a teacher must be the plain backbone, but these weights have GIFT sites")
     if teacher.config.base_channels != ctx.cfg.model.base_channels:

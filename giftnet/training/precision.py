@@ -7,12 +7,15 @@ import importlib.util
 
 import torch
 
+from giftnet.choices import PRECISION_DTYPES
+from giftnet.errors import UsageError
+
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """ "auto" -> bf16 on GPUs that support it (Ampere and newer), fp16 on older GPUs, fp32 on the CPU."""
     if precision != "auto":
         if device.type == "cpu" and precision == "fp16" and not cpu_supports("fp16"):
-            raise ValueError("--precision fp16 is not supported on this CPU build of torch")
+            raise UsageError("--precision fp16 is not supported on this CPU build of torch")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -21,7 +24,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def cpu_supports(precision: str) -> bool:
     """Whether CPU autocast runs a 3x3 convolution in this precision here."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = PRECISION_DTYPES[precision]
     try:
         with torch.autocast("cpu", dtype=dtype):
             torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3))
@@ -34,8 +37,7 @@ def autocast(precision: str, device: torch.device):
     """The forward-pass context for `precision` (a no-op for fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=PRECISION_DTYPES[precision])
 
 
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
@@ -56,7 +58,7 @@ def make_optimizer(params, lr: float, kind: str, device: torch.device) -> torch.
     normalisation turns rounding noise in near-zero gradients into lr-sized steps."""
     if kind == "apex":
         if not apex_available():
-            raise RuntimeError(
+            raise UsageError(
                 "--optimizer apex needs NVIDIA apex built from source with its CUDA extensions "
                 "(it is not on the package index; the index's 'apex' is an unrelated project)"
             )

@@ -33,6 +33,7 @@ from giftnet.training.loop import (
     train_stage,
 )
 from giftnet.training.monitor import plot_losses, save_grid
+from giftnet.training.preflight import preflight
 from giftnet.weights import save_weights
 from pipeline.ihd import list_subsets
 from pipeline.loaders import make_eval_loader
@@ -118,6 +119,7 @@ def describe(ctx: Context, stages: list[str], train_pairs, test_pairs) -> None:
 
 
 def run(cfg: TrainConfig, *, resume: bool = False, dry_run: bool = False) -> int:
+    preflight(cfg, resume=resume)  # the dry run checks what the real run needs, and the real run too
     device = dist.init(cfg.device)
     ctx = Context(cfg, device)
     try:
