@@ -130,6 +130,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from giftnet.errors import UserError
     from giftnet.training.run import run
     from giftnet.weights import WeightsError
     from pipeline.pairs import DatasetError
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve(args)
         return run(cfg, resume="resume" in vars(args), dry_run=args.dry_run)
+    except UserError as exc:
+        print(f"train.py: {'error' if exc.exit_code == 2 else 'stopped'}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (ValueError, TypeError, DatasetError, WeightsError, FileNotFoundError, FileExistsError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
