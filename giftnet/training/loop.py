@@ -102,23 +102,8 @@ def train_stage(ctx: Context, name: str, train_pairs: list, teacher: GiftNet | N
             start = st.progress.batch if epoch == st.progress.epoch else 0
             st.progress.epoch, st.progress.batch = epoch, start
             batches = iter(st.loader.epoch(epoch, start_batch=start))
-            while True:
-                # --- fetch a batch; all ranks agree they can make this step ------------------------
-                batch, status = None, "ok"
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    status = "end"
-                except DataError as exc:  # a file that fails to decode mid-run
-                    status = f"fail:{exc}"
-                statuses = agree("stop" if status == "ok" and ctx.signals.stop_signal else status)
-                failed = [s[5:] for s in statuses if s.startswith("fail:")]
-                if failed:
-                    stop_on_bad_data(ctx, st, failed[0])
-                if "end" in statuses:
-                    break
-                if "stop" in statuses:
-                    stop(ctx, st)
+            # --- each step starts when all ranks agree they can make it (a batch, no stop) ------
+            while (batch := next_batch(ctx, st, batches, agree)) is not None:
                 # --- the step ------------------------------------------------------------------
                 window.add(train_step(ctx, st.step_model, st.teacher, batch, st.loss_cfg, st.optimizer, st.scaler,
                                       stage=name))  # fmt: skip
@@ -277,6 +262,27 @@ def _json_field(path, meta: dict[str, str], key: str) -> Any:
 
 
 # --- one step -------------------------------------------------------------------------------------
+
+
+def next_batch(ctx: Context, st: Stage, batches, agree: dist.Agreement) -> dict | None:
+    """The next batch, once every rank has one; None at the epoch end. A rank that met a file it
+    cannot decode, or a signal, stops all of them here, at the same step, with a checkpoint."""
+    batch, status = None, "ok"
+    try:
+        batch = next(batches)
+    except StopIteration:
+        status = "end"
+    except DataError as exc:  # a file that fails to decode mid-run
+        status = f"fail:{exc}"
+    statuses = agree("stop" if status == "ok" and ctx.signals.stop_signal else status)
+    failed = [s[5:] for s in statuses if s.startswith("fail:")]
+    if failed:
+        stop_on_bad_data(ctx, st, failed[0])
+    if "end" in statuses:
+        return None
+    if "stop" in statuses:
+        stop(ctx, st)
+    return batch
 
 
 def train_step(

@@ -19,6 +19,7 @@ from giftnet.training.data import data_root, load_pairs
 from giftnet.training.evaluation import make_evaluator, write_plot
 from giftnet.training.loop import Context, load_teacher, train_stage
 from giftnet.training.runfolder import BEST_FILE, MODEL_FILE, STAGE_ORDER, TEACHER_FILE
+from giftnet.training.runinfo import run_info
 from giftnet.training.signals import StopRequested
 from giftnet.weights import WeightsError, save_weights
 from pipeline.ihd import list_subsets
@@ -76,6 +77,7 @@ def run_in(ctx: Context, resume: bool, dry_run: bool) -> int:
             ctx.log(f"removed {p.name}, left by a write that was interrupted")
         truncate_logs(ctx)
         folder.write_config(cfg.to_dict())
+        folder.write("config", folder / "run-info.json", json.dumps(run_info(ctx), indent=2).encode())
     dist.barrier()
     ctx.evaluate = make_evaluator(ctx, test_pairs)
     with ctx.signals.installed():
