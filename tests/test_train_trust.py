@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from tests.train_helpers import (
     ROOT,
     assert_same_weights,
     build_tiny_data,
+    free_port,
     start_train_py,
     train_args,
     train_py,
@@ -294,6 +296,27 @@ def test_nan_init_weights_never_end_in_a_successful_run(tiny_data, tmp_path, cap
     assert not (out / "model.safetensors").exists()
 
 
+# --- for the people who run it (issue 13) ---------------------------------------------------------
+
+
+def test_without_a_terminal_each_log_interval_is_one_plain_timestamped_line(tiny_data, evaluated_run, tmp_path, capsys):
+    out = tmp_path / "plain"
+    assert main(train_args(tiny_data, out, "--stage", "reconstruction")) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " reconstruction epoch " in ln]
+    assert len(lines) == 2  # steps 2 and 4
+    pattern = (r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00  reconstruction epoch 0 step 4/4  total \S+  har \S+  "
+               r"skipped 0  lr 0.001  \S+ img/s  eta \S+$")  # fmt: skip
+    assert re.match(pattern, lines[1]), lines[1]
+    assert all("time" in r for r in map(json.loads, (out / "stats.jsonl").open()))
+    info = json.loads((out / "run-info.json").read_text())
+    assert (info["device"], info["precision"], info["backend"], info["world_size"]) == ("cpu", "fp32", "torch", 1)
+    assert (
+        info["versions"]["torch"] == torch.__version__.split("+")[0] or info["versions"]["torch"] == torch.__version__
+    )
+    assert json.loads((out / "config.json").read_text())["precision"] == "auto"  # the setting as given
+    assert sorted(p.name for p in (evaluated_run / "samples").iterdir()) == ["step000000004.png", "step000000008.png"]
+
+
 # --- versioned checkpoints ------------------------------------------------------------------------
 
 
@@ -336,7 +359,7 @@ def test_a_bad_file_met_by_one_ddp_rank_stops_all_ranks_within_seconds(tiny_data
     out = tmp_path / "ddp"
     argv = train_args(root, out, "--stage", "reconstruction", "--ckpt-every", "100")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", "29523", str(ROOT / "train.py"), *argv]  # fmt: skip
+           "--master-port", str(free_port()), str(ROOT / "train.py"), *argv]  # fmt: skip
     t0 = time.monotonic()
     done = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     wall = time.monotonic() - t0

@@ -142,7 +142,7 @@ def plot_losses(records: list[dict], out: io.BytesIO) -> bool:
     for ax, stage in zip(axes[0], stages, strict=True):
         recs = [r for r in records if r["stage"] == stage]
         for key in ("total", "har", "dis"):
-            pts = [(r["step"], r[key]) for r in recs if key in r]
+            pts = [(r["step"], r[key]) for r in recs if key in r and r[key] > 0]  # a log axis
             if pts:
                 ax.plot(*zip(*pts, strict=True), label=key)
         ax.set(title=stage, xlabel="step", yscale="log")
