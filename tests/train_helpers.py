@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -56,6 +57,13 @@ def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float 
             proc.kill()
             pytest.fail(f"no {pattern} within {timeout} s")
         time.sleep(0.01)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (tests run beside others that start rendezvous servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

@@ -12,12 +12,14 @@ import os
 import torch
 import torch.distributed as dist
 
+from giftnet.errors import UsageError
+
 
 def init(device_kind: str = "auto") -> torch.device:
     """Join the process group if launched by torchrun; return this rank's device."""
     use_cuda = torch.cuda.is_available() if device_kind == "auto" else device_kind == "cuda"
     if device_kind == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but CUDA is not available")
+        raise UsageError("--device cuda was asked for but CUDA is not available")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -7,12 +7,14 @@ import importlib.util
 
 import torch
 
+from giftnet.errors import UsageError
+
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """ "auto" -> bf16 on GPUs that support it (Ampere and newer), fp16 on older GPUs, fp32 on the CPU."""
     if precision != "auto":
         if device.type == "cpu" and precision == "fp16" and not cpu_supports("fp16"):
-            raise ValueError("--precision fp16 is not supported on this CPU build of torch")
+            raise UsageError("--precision fp16 is not supported on this CPU build of torch")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -56,7 +58,7 @@ def make_optimizer(params, lr: float, kind: str, device: torch.device) -> torch.
     normalisation turns rounding noise in near-zero gradients into lr-sized steps."""
     if kind == "apex":
         if not apex_available():
-            raise RuntimeError(
+            raise UsageError(
                 "--optimizer apex needs NVIDIA apex built from source with its CUDA extensions "
                 "(it is not on the package index; the index's 'apex' is an unrelated project)"
             )
