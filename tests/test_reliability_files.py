@@ -159,7 +159,7 @@ CHECKPOINT_FAULTS = {
     "optimizer_dtype": (lambda t, m: t.update({_first(t, "optim.0.", "exp_avg_sq"): torch.zeros(1, dtype=torch.int64)}), "expected a float"),
     "optimizer_foreign": (lambda t, m: t.update({"optim.9999.exp_avg": torch.zeros(1)}), "does not belong to this model's optimizer"),
     "progress_dtype": (lambda t, m: t.update({"progress": t["progress"].double()}), "progress has dtype torch.float64"),
-    "progress_negative": (lambda t, m: t.update({"progress": torch.tensor([0, -1, 5, 0])}), "negative progress"),
+    "progress_negative": (lambda t, m: t.update({"progress": torch.tensor([0, -1, 5, 0, 5])}), "negative progress"),
     "rng_shape": (lambda t, m: t.update({"rng.torch": torch.zeros(3, dtype=torch.uint8)}), "rng.torch has shape (3,)"),
     "scaler_shape": (lambda t, m: t.update({"scaler.scale": torch.zeros(2)}), "scaler.scale has shape (2,)"),
     "scalars_not_json": (lambda t, m: m.update({"optimizer_scalars": "{oops"}), "damaged checkpoint metadata"),

@@ -1,14 +1,14 @@
 """Training checkpoints in safetensors: model, optimizer, grad scaler, progress and RNG states.
 
-Everything is a tensor; the configs and a little bookkeeping are string metadata. Files are
-written atomically (temporary file, fsync, rename) and never unpickled on load. The run folder
-keeps the last `keep_last` checkpoints of each stage and the best one.
+Everything is a tensor; the configs and a little bookkeeping are string metadata. Nothing is
+unpickled on load. The file rules (names, latest, pruning, atomic writes) are the run folder's
+(giftnet.training.runfolder). The format is versioned: VERSION 2 adds `evaluated` to the progress;
+version 1 files (no version field, written before evaluation was part of the checkpoint) are read.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,25 +19,28 @@ from safetensors.torch import save
 
 from giftnet.fileio import atomic_write_bytes
 from giftnet.model import GiftNet
+from giftnet.training.runfolder import STAGE_ORDER
 from giftnet.weights import WeightsError, load_state_checked
 
 FORMAT = "giftnet-checkpoint"
-STAGE_ORDER = ("reconstruction", "harmonization")
-_NAME = re.compile(r"^ckpt-(reconstruction|harmonization)-(\d{9})\.safetensors$")
+VERSION = 2
+_PROGRESS_LEN = {1: 4, 2: 5}
 
 
 @dataclass
 class Progress:
-    """Where a stage is: the next batch to run is (epoch, batch); `step` optimizer steps so far."""
+    """Where a stage is: the next batch to run is (epoch, batch); `step` optimizer steps so far;
+    `best` the best test MSE so far; `evaluated` the step of the last finished evaluation (-1: none)."""
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
     bad_steps: int = 0
     best: float = float("inf")
+    evaluated: int = -1
 
     def tensor(self) -> torch.Tensor:
-        return torch.tensor([self.epoch, self.batch, self.step, self.bad_steps], dtype=torch.int64)
+        return torch.tensor([self.epoch, self.batch, self.step, self.bad_steps, self.evaluated], dtype=torch.int64)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -53,8 +56,7 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, scalars
 
 
-def save_checkpoint(
-    path: Path,
+def checkpoint_bytes(
     *,
     stage: str,
     model: GiftNet,
@@ -62,7 +64,8 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler,
     progress: Progress,
     train_config: dict[str, Any],
-) -> None:
+) -> bytes:
+    """The checkpoint file's bytes (the run folder writes them atomically)."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_tensors, opt_scalars = _optimizer_tensors(optimizer)
     tensors.update(opt_tensors)
@@ -80,6 +83,7 @@ def save_checkpoint(
             tensors[f"rng.cuda.{i}"] = state
     metadata = {
         "format": FORMAT,
+        "version": str(VERSION),
         "stage": stage,
         "best": repr(progress.best),
         "optimizer_scalars": json.dumps(opt_scalars),
@@ -87,7 +91,12 @@ def save_checkpoint(
         # The architecture of the model saved (the teacher's is the plain backbone of the same width).
         "model_config": json.dumps(model.config.to_dict()),
     }
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    return save(tensors, metadata=metadata)
+
+
+def save_checkpoint(path: Path, **parts: Any) -> None:
+    """`checkpoint_bytes` written atomically to `path` (outside a run folder: tools and tests)."""
+    atomic_write_bytes(path, checkpoint_bytes(**parts))
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -98,7 +107,40 @@ def read_metadata(path: Path) -> dict[str, str]:
         raise WeightsError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a GiftNet training checkpoint (format={meta.get('format')!r})")
+    version = meta.get("version", "1")
+    if version not in {str(v) for v in _PROGRESS_LEN}:
+        raise WeightsError(
+            f"{path}: checkpoint format version {version!r} is not one this engine reads "
+            f"(it reads {sorted(_PROGRESS_LEN)}); it was written by another version of GiftNet"
+        )
     return meta
+
+
+def _version(meta: dict[str, str]) -> int:
+    return int(meta.get("version", "1"))
+
+
+def _progress(counters: list[int], version: int, best: float) -> Progress:
+    if version == 1:  # written at epoch end before the evaluation, which then counted as done
+        counters = [*counters, counters[2]]
+    epoch, batch, step, bad, evaluated = (int(v) for v in counters)
+    return Progress(epoch, batch, step, bad, best, evaluated)
+
+
+def read_progress(path: Path) -> tuple[str, Progress]:
+    """(stage, progress) of a checkpoint, without loading its model."""
+    meta = read_metadata(path)
+    try:
+        best = float(meta["best"])
+        with safe_open(str(path), framework="pt") as f:
+            t = _checked(path, f, "progress", shape=(_PROGRESS_LEN[_version(meta)],), dtype=torch.int64)
+    except (KeyError, ValueError) as exc:  # the user's file: name it
+        raise WeightsError(f"{path}: damaged checkpoint metadata ({exc!r})") from None
+    except SafetensorError as exc:
+        raise WeightsError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    if meta.get("stage") not in STAGE_ORDER:
+        raise WeightsError(f"{path}: damaged checkpoint metadata (stage {meta.get('stage')!r})")
+    return meta["stage"], _progress(t.tolist(), _version(meta), best)
 
 
 def load_checkpoint(
@@ -108,7 +150,7 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
 ) -> Progress:
-    """Restore everything `save_checkpoint` wrote; the caller checked the architecture.
+    """Restore everything `checkpoint_bytes` wrote; the caller checked the architecture.
 
     Every tensor is checked before anything is restored: names, dtypes and shapes must be what
     this model, optimizer and scaler hold, else WeightsError naming the file and the tensor.
@@ -138,10 +180,10 @@ def load_checkpoint(
                     )
             rng = _checked(path, f, "rng.torch", shape=tuple(torch.get_rng_state().shape), dtype=torch.uint8)
             cuda_rng = [_checked(path, f, n, dtype=torch.uint8) for n in sorted(names) if n.startswith("rng.cuda.")]
-            counters = _checked(path, f, "progress", shape=(4,), dtype=torch.int64).tolist()
+            counters = _checked(path, f, "progress", shape=(_PROGRESS_LEN[_version(meta)],), dtype=torch.int64).tolist()
     except SafetensorError as exc:
         raise WeightsError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
-    if min(counters) < 0:
+    if min(counters[:4]) < 0:
         raise WeightsError(f"{path}: damaged checkpoint (negative progress {counters})")
     model.load_state_dict(model_state)
     optimizer.load_state_dict({"state": opt_state, "param_groups": optimizer.state_dict()["param_groups"]})
@@ -150,8 +192,7 @@ def load_checkpoint(
     torch.set_rng_state(rng)
     if cuda_rng and len(cuda_rng) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_rng)
-    epoch, batch, step, bad = (int(v) for v in counters)
-    return Progress(epoch, batch, step, bad, best)
+    return _progress(counters, _version(meta), best)
 
 
 def _known_name(name: str, scaler_state: dict[str, Any]) -> bool:
@@ -205,37 +246,3 @@ def _optimizer_state(
             entry = int(value.item()) if scalars[name] == "int" else float(value.item())
         state.setdefault(int(pid), {})[key] = entry
     return state
-
-
-def checkpoint_name(stage: str, step: int) -> str:
-    return f"ckpt-{stage}-{step:09d}.safetensors"
-
-
-def list_checkpoints(run: Path) -> list[tuple[int, int, Path]]:
-    """(stage index, step, path) of every checkpoint in `run`, oldest first."""
-    found = []
-    for p in run.glob("ckpt-*.safetensors"):
-        m = _NAME.match(p.name)
-        if m:
-            found.append((STAGE_ORDER.index(m.group(1)), int(m.group(2)), p))
-    return sorted(found)
-
-
-def latest_checkpoint(run: Path) -> Path | None:
-    found = list_checkpoints(run)
-    return found[-1][2] if found else None
-
-
-def remove_stale_temporaries(run: Path) -> list[Path]:
-    """Delete the temporary files of writes a killed process never finished (they are never read)."""
-    stale = sorted(run.glob(".*.safetensors.*.tmp"))
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
-def prune(run: Path, stage: str, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` checkpoints of `stage` (the best file is separate)."""
-    mine = [p for s, _, p in list_checkpoints(run) if STAGE_ORDER[s] == stage]
-    for p in mine[:-keep_last]:
-        p.unlink(missing_ok=True)

@@ -12,12 +12,14 @@ import os
 import torch
 import torch.distributed as dist
 
+from giftnet.errors import UsageError
+
 
 def init(device_kind: str = "auto") -> torch.device:
     """Join the process group if launched by torchrun; return this rank's device."""
     use_cuda = torch.cuda.is_available() if device_kind == "auto" else device_kind == "cuda"
     if device_kind == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but CUDA is not available")
+        raise UsageError("--device cuda was asked for but CUDA is not available")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -36,10 +38,50 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
-def shutdown() -> None:
+def shutdown(ok: bool = True) -> None:
+    """Leave the process group. After an error, leave without the final barrier: the other ranks
+    may be inside another collective, and waiting for them would last until the timeout."""
     if dist.is_initialized():
-        dist.barrier()
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+class Agreement:
+    """Before each step the ranks agree whether all of them can go on, through the rendezvous
+    store (host side: no device sync, so the normal path keeps `.item()` to the log interval).
+
+    Every rank posts its status ("ok", "stop" for a signal, or "fail:MESSAGE" when it cannot make
+    this step, e.g. an image failed to decode) and reads everybody's. So all ranks stop at the
+    same step boundary, with the collectives still in lockstep, and rank 0 can save a checkpoint,
+    instead of the healthy ranks waiting in the gradient all-reduce until the collective timeout.
+    A single process agrees with itself at no cost.
+    """
+
+    def __init__(self, tag: str) -> None:
+        # The attempt number keeps a torchrun restart from reading the dead attempt's rounds.
+        self.tag, self.round = f"{tag}/attempt{restart_count()}", 0
+        self.store = _default_store() if world_size() > 1 else None
+
+    def __call__(self, status: str) -> list[str]:
+        if self.store is None:
+            return [status]
+        keys = [f"giftnet/{self.tag}/{self.round}/{r}" for r in range(world_size())]
+        self.store.set(keys[rank()], status)
+        self.store.wait(keys)
+        statuses = [v.decode() for v in self.store.multi_get(keys)]
+        if rank() == 0 and self.round:  # every rank has read the previous round: it posted this one
+            for r in range(world_size()):
+                self.store.delete_key(f"giftnet/{self.tag}/{self.round - 1}/{r}")
+        self.round += 1
+        return statuses
+
+
+def _default_store() -> dist.Store:
+    # The store torchrun's rendezvous created for the default group (host side, TCP).
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    return _get_default_store()
 
 
 def rank() -> int:
@@ -74,12 +116,3 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out
-
-
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """True on every rank when `flag` is true on any rank (used for stop requests)."""
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())

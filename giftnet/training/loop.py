@@ -1,103 +1,172 @@
-"""The training loop: reconstruction branch, then harmonization branch with relation distillation.
+"""The training loop of one stage, top to bottom: build, resume, epochs of steps, epoch ends.
 
-Reads top to bottom: `run` plans the stages; `train_stage` builds the model, optimizer and
-loader of one stage, resumes it if a checkpoint says so, and runs `train_step` over the epochs.
-Host syncs (`.item()`) happen only at the log interval.
+`train_stage` is the whole of it; the sections below follow the order in which things happen.
+The run (giftnet.training.run) calls it once per stage. Host syncs (`.item()`) happen only at the
+log interval; under DDP the ranks agree before every step through the rendezvous store (host
+side), so a rank that cannot go on stops them all at the same step, with a checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from giftnet.config import LossConfig
+from giftnet.errors import DataError, UsageError, UserError, WeightsError
 from giftnet.losses import total_loss
 from giftnet.model import GiftNet, build_model, build_teacher
 from giftnet.training import distributed as dist
-from giftnet.training.checkpoint import (
-    STAGE_ORDER,
-    Progress,
-    checkpoint_name,
-    latest_checkpoint,
-    load_checkpoint,
-    prune,
-    read_metadata,
-    save_checkpoint,
-)
+from giftnet.training.checkpoint import Progress, checkpoint_bytes, load_checkpoint, read_metadata
 from giftnet.training.config import TrainConfig
-from giftnet.training.monitor import Monitor, truncate_stats
+from giftnet.training.monitor import Monitor
 from giftnet.training.precision import autocast, make_optimizer, make_scaler, resolve_precision
+from giftnet.training.runfolder import STAGE_ORDER, TEACHER_FILE, RunFolder, checkpoint_name
+from giftnet.training.signals import Signals, StopRequested
 from giftnet.training.syncbn import convert_sync_batchnorm
-from giftnet.weights import WeightsError, load_state_checked, load_weights, read_model_config
-from pipeline.loaders import make_train_loader
-from pipeline.pairs import DatasetError
-
-TEACHER_FILE, MODEL_FILE, BEST_FILE = "teacher.safetensors", "model.safetensors", "best-model.safetensors"
+from giftnet.weights import load_state_checked, load_weights, read_model_config
+from pipeline.loaders import TrainLoader, make_train_loader
 
 
-class StopRequested(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was saved."""
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (full disk, lost mount); the previous ones are intact."""
+
+    exit_code = 1
 
 
+class Diverged(UserError):
+    """The losses are not finite (too many steps in a row, or every step of a stage)."""
+
+    exit_code = 1
+
+
+@dataclasses.dataclass
 class Context:
-    """What every stage shares: config, run folder, device, precision, data, stop flag."""
+    """What every stage shares: config, run folder, device, precision, signals, evaluation."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
-        self.run = Path(cfg.out)
-        self.precision = resolve_precision(cfg.precision, device)
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-        self.stop = False
-        self.log = print if dist.is_main() else (lambda *a: None)
+    cfg: TrainConfig
+    device: torch.device
+    folder: RunFolder = dataclasses.field(init=False)
+    precision: str = dataclasses.field(init=False)
+    channels_last: bool = dataclasses.field(init=False)
+    signals: Signals = dataclasses.field(default_factory=Signals)
+    # evaluate(model, progress): score on the test split, keep the best; None: no evaluation
+    evaluate: Callable[[GiftNet, Progress], None] | None = None
 
+    def __post_init__(self) -> None:
+        self.folder = RunFolder(self.cfg.out, self.log)
+        self.precision = resolve_precision(self.cfg.precision, self.device)
+        cl = self.cfg.channels_last
+        self.channels_last = cl if cl is not None else self.device.type == "cuda"
 
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    return cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.lr_milestones)
-
-
-def prepare(ctx: Context, model: torch.nn.Module) -> torch.nn.Module:
-    model.to(ctx.device)
-    if ctx.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if dist.world_size() > 1:
-        if ctx.cfg.sync_bn:
-            model = convert_sync_batchnorm(model, ctx.device)
-        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=not ctx.cfg.sync_bn)
-    return model
+    def log(self, *args: Any) -> None:
+        if dist.is_main():
+            print(*args, flush=True)
 
 
-def unwrap(model: torch.nn.Module) -> GiftNet:
-    return model.module if isinstance(model, DistributedDataParallel) else model
+@dataclasses.dataclass
+class Stage:
+    """The state of one stage: what `train_stage` builds, and the loop reads and advances."""
+
+    name: str
+    epochs: int
+    model: torch.nn.Module  # DDP-wrapped under torchrun
+    step_model: torch.nn.Module  # `model`, or its torch.compile
+    teacher: GiftNet | None
+    loader: TrainLoader
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_cfg: LossConfig
+    progress: Progress
+    monitor: Monitor
 
 
-def train_step(ctx, model, teacher, batch, loss_cfg, optimizer, scaler) -> dict[str, torch.Tensor]:
-    """One optimizer step; returns the detached loss components (device tensors, no sync)."""
-    fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
-    mask = batch["mask"].contiguous(memory_format=fmt)
-    real = batch["real"].contiguous(memory_format=fmt)
-    # The reconstruction branch learns real -> real; the harmonization branch composite -> real.
-    inputs = real if ctx.stage == "reconstruction" else batch["composite"].contiguous(memory_format=fmt)
-    with autocast(ctx.precision, ctx.device):
-        t_feats = None
-        if teacher is not None:
-            with torch.no_grad():
-                t_feats = teacher(real, mask)
-        parts = total_loss(model(inputs, mask), real, mask, loss_cfg, t_feats)
-    scaler.scale(parts["total"]).backward()
-    scaler.step(optimizer)
-    scaler.update(None if ctx.precision == "fp16" else 1.0)
-    optimizer.zero_grad(set_to_none=True)
-    return {k: v.detach().float() for k, v in parts.items()}
+def train_stage(ctx: Context, name: str, train_pairs: list, teacher: GiftNet | None) -> tuple[GiftNet, Progress]:
+    """Train one branch to the end of its epochs; return the (unwrapped, eval-mode) model and its progress."""
+    st = build_stage(ctx, name, train_pairs, teacher)
+    agree = dist.Agreement(name)
+    window = LogWindow(ctx.device)
+    try:
+        # --- a resumed run first finishes the evaluation its checkpoint was waiting for ---------
+        if evaluation_due(ctx, st) and st.progress.evaluated != st.progress.step:
+            evaluate_and_checkpoint(ctx, st)
+        for epoch in range(st.progress.epoch, st.epochs):
+            # --- epoch start: learning rate, where to start ---------------------------------------
+            for group in st.optimizer.param_groups:
+                group["lr"] = lr_at(ctx.cfg, epoch)
+            start = st.progress.batch if epoch == st.progress.epoch else 0
+            st.progress.epoch, st.progress.batch = epoch, start
+            batches = iter(st.loader.epoch(epoch, start_batch=start))
+            # --- each step starts when all ranks agree they can make it (a batch, no stop) ------
+            while (batch := next_batch(ctx, st, batches, agree)) is not None:
+                # --- the step ------------------------------------------------------------------
+                window.add(train_step(ctx, st.step_model, st.teacher, batch, st.loss_cfg, st.optimizer, st.scaler,
+                                      stage=name))  # fmt: skip
+                st.progress.batch += 1
+                st.progress.step += 1
+                st.monitor.count(batch["mask"].shape[0] * dist.world_size())
+                st.monitor.advance(st.progress.step)
+                # --- log interval, checkpoint interval ------------------------------------------
+                if st.progress.step % ctx.cfg.log_every == 0:
+                    log_interval(ctx, st, window)
+                if st.progress.step % ctx.cfg.ckpt_every == 0 and st.progress.batch < len(st.loader):
+                    checkpoint(ctx, st)  # the epoch end saves anyway
+            # --- epoch end: checkpoint, evaluation (then a checkpoint that holds its result) ----
+            st.progress.epoch, st.progress.batch = epoch + 1, 0
+            checkpoint(ctx, st)
+            if evaluation_due(ctx, st):
+                evaluate_and_checkpoint(ctx, st)
+            if "stop" in agree("stop" if ctx.signals.stop_signal else "ok"):
+                stop(ctx, st)
+        # --- stage end: the last partial log interval; a stage that never had a finite loss --------
+        if window.n:
+            log_interval(ctx, st, window)
+        if st.progress.step and st.progress.bad_steps >= st.progress.step:
+            raise Diverged(
+                f"every one of the {st.progress.step} steps of the {name} stage had a non-finite loss: "
+                "nothing was learnt and no weights are exported (check --init-weights / --teacher-weights, "
+                "lower --lr, try --precision fp32)"
+            )
+    finally:
+        st.monitor.close()
+    model = unwrap(st.model).eval()
+    refuse_non_finite(model, name)
+    return model, st.progress
 
 
-def stage_loss_config(ctx: Context, stage: str) -> LossConfig:
-    if stage == "reconstruction":
-        return LossConfig(harmonization=ctx.cfg.loss.harmonization, distill="none", distill_sites=())
-    return ctx.cfg.loss
+# --- building a stage ----------------------------------------------------------------------------
+
+
+def build_stage(ctx: Context, name: str, train_pairs: list, teacher: GiftNet | None) -> Stage:
+    """Model, optimizer, scaler and loader of `name`, restored from its newest checkpoint if any."""
+    cfg = ctx.cfg
+    model = prepare(ctx, build_stage_model(ctx, name))
+    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.optimizer, ctx.device)
+    scaler = make_scaler(ctx.precision, ctx.device)
+    torch.manual_seed(cfg.seed + dist.rank())  # per-rank; a resumed run restores the saved state instead
+    progress = resume_point(ctx, name, model, optimizer, scaler)
+    loader = make_train_loader(
+        train_pairs,
+        batch_size=per_rank_batch(cfg.batch_size),
+        crop_size=cfg.crop_size,
+        seed=cfg.seed + STAGE_ORDER.index(name),
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+        num_workers=cfg.workers,
+        device=ctx.device,
+        backend=cfg.backend,
+    )
+    epochs = cfg.stage_epochs(name)
+    monitor = Monitor(ctx.folder, name, epochs * len(loader), progress.step, dist.is_main())
+    model.train()
+    step_model = torch.compile(model) if cfg.compile else model
+    return Stage(name, epochs, model, step_model, teacher, loader, optimizer, scaler,
+                 stage_loss_config(ctx, name), progress, monitor)  # fmt: skip
 
 
 def build_stage_model(ctx: Context, stage: str) -> GiftNet:
@@ -116,9 +185,9 @@ def build_stage_model(ctx: Context, stage: str) -> GiftNet:
 
 
 def load_teacher(ctx: Context) -> GiftNet:
-    path = Path(ctx.cfg.teacher_weights) if ctx.cfg.teacher_weights else ctx.run / TEACHER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
+    path = Path(ctx.cfg.teacher_weights) if ctx.cfg.teacher_weights else ctx.folder / TEACHER_FILE
+    if not ctx.cfg.teacher_weights and not path.is_file():
+        raise UsageError(
             f"{path}: teacher weights not found (train the reconstruction stage first, or give --teacher-weights)"
         )
     teacher = load_weights(path, ctx.device, role="teacher")
@@ -132,6 +201,113 @@ def load_teacher(ctx: Context) -> GiftNet:
     if ctx.channels_last:
         teacher.to(memory_format=torch.channels_last)
     return teacher.eval().requires_grad_(False)
+
+
+def prepare(ctx: Context, model: torch.nn.Module) -> torch.nn.Module:
+    model.to(ctx.device)
+    if ctx.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if dist.world_size() > 1:
+        if ctx.cfg.sync_bn:
+            model = convert_sync_batchnorm(model, ctx.device)
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=not ctx.cfg.sync_bn)
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> GiftNet:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def stage_loss_config(ctx: Context, stage: str) -> LossConfig:
+    if stage == "reconstruction":
+        return LossConfig(harmonization=ctx.cfg.loss.harmonization, distill="none", distill_sites=())
+    return ctx.cfg.loss
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    return cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.lr_milestones)
+
+
+def per_rank_batch(batch_size: int) -> int:
+    if batch_size % dist.world_size():
+        raise UserError(f"--batch-size {batch_size} must be divisible by the number of processes ({dist.world_size()})")
+    return batch_size // dist.world_size()
+
+
+def resume_point(ctx: Context, stage: str, model, optimizer, scaler) -> Progress:
+    """Load the newest checkpoint of `stage` in the run folder, or start fresh."""
+    path = ctx.folder.latest_checkpoint()
+    if path is None:
+        return Progress()
+    meta = read_metadata(path)
+    if meta["stage"] != stage:
+        return Progress()
+    mine = unwrap(model).config.to_dict()
+    saved = _json_field(path, meta, "model_config")
+    if saved != mine:
+        raise WeightsError(
+            f"{path}: cannot resume, the checkpoint's architecture {saved} differs from this run's {mine}"
+        )
+    progress = load_checkpoint(path, model=unwrap(model), optimizer=optimizer, scaler=scaler)
+    ctx.log(f"resumed {stage} from {path.name}: epoch {progress.epoch}, batch {progress.batch}, step {progress.step}")
+    return progress
+
+
+def _json_field(path, meta: dict[str, str], key: str) -> Any:
+    try:
+        return json.loads(meta[key])
+    except (KeyError, ValueError) as exc:  # the user's file: name it
+        raise WeightsError(f"{path}: damaged checkpoint metadata ({key}: {exc!r})") from None
+
+
+# --- one step -------------------------------------------------------------------------------------
+
+
+def next_batch(ctx: Context, st: Stage, batches, agree: dist.Agreement) -> dict | None:
+    """The next batch, once every rank has one; None at the epoch end. A rank that met a file it
+    cannot decode, or a signal, stops all of them here, at the same step, with a checkpoint."""
+    batch, status = None, "ok"
+    try:
+        batch = next(batches)
+    except StopIteration:
+        status = "end"
+    except DataError as exc:  # a file that fails to decode mid-run
+        status = f"fail:{exc}"
+    statuses = agree("stop" if status == "ok" and ctx.signals.stop_signal else status)
+    failed = [s[5:] for s in statuses if s.startswith("fail:")]
+    if failed:
+        stop_on_bad_data(ctx, st, failed[0])
+    if "end" in statuses:
+        return None
+    if "stop" in statuses:
+        stop(ctx, st)
+    return batch
+
+
+def train_step(
+    ctx: Context, model, teacher, batch, loss_cfg, optimizer, scaler, *, stage: str = "harmonization"
+) -> dict[str, torch.Tensor]:
+    """One optimizer step; returns the detached loss components (device tensors, no sync)."""
+    fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+    mask = batch["mask"].contiguous(memory_format=fmt)
+    real = batch["real"].contiguous(memory_format=fmt)
+    # The reconstruction branch learns real -> real; the harmonization branch composite -> real.
+    inputs = real if stage == "reconstruction" else batch["composite"].contiguous(memory_format=fmt)
+    with autocast(ctx.precision, ctx.device):
+        t_feats = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_feats = teacher(real, mask)
+        parts = total_loss(model(inputs, mask), real, mask, loss_cfg, t_feats)
+    scaler.scale(parts["total"]).backward()
+    scaler.step(optimizer)
+    scaler.update(None if ctx.precision == "fp16" else 1.0)
+    optimizer.zero_grad(set_to_none=True)
+    return {k: v.detach().float() for k, v in parts.items()}
+
+
+# --- logging ----------------------------------------------------------------------------------------
 
 
 class LogWindow:
@@ -167,153 +343,86 @@ class LogWindow:
         return values, bad, worst
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (full disk, lost mount); the previous ones are intact."""
-
-
-def checkpoint(ctx, stage, model, optimizer, scaler, progress) -> None:
-    path = ctx.run / checkpoint_name(stage, progress.step)
-    if dist.is_main():
-        try:
-            save_checkpoint(
-                path,
-                stage=stage,
-                model=unwrap(model),
-                optimizer=optimizer,
-                scaler=scaler,
-                progress=progress,
-                train_config=ctx.cfg.to_dict(),
-            )
-        except OSError as exc:  # atomic_write_bytes left the older checkpoints as they were
-            previous = latest_checkpoint(ctx.run)
-            kept = f"the last good checkpoint is {previous.name}" if previous else "no earlier checkpoint exists"
-            raise CheckpointWriteError(
-                exc.errno, f"cannot write checkpoint {path} ({exc.strerror or exc}); {kept}: "
-                f"free space, then continue with --resume {ctx.run}"
-            ) from exc  # fmt: skip
-        prune(ctx.run, stage, ctx.cfg.keep_last)
-    dist.barrier()
-
-
-def resume_point(ctx: Context, stage: str, model, optimizer, scaler) -> Progress:
-    """Load the newest checkpoint of `stage` in the run folder, or start fresh."""
-    path = latest_checkpoint(ctx.run)
-    if path is None or read_metadata(path)["stage"] != stage:
-        return Progress()
-    meta = read_metadata(path)
-    try:
-        saved = json.loads(meta["model_config"])
-    except (KeyError, ValueError) as exc:
-        raise WeightsError(f"{path}: damaged checkpoint metadata (model_config: {exc!r})") from None
-    mine = unwrap(model).config.to_dict()
-    if saved != mine:
-        raise WeightsError(
-            f"{path}: cannot resume, the checkpoint's architecture {saved} differs from this run's {mine}"
-        )
-    progress = load_checkpoint(path, model=unwrap(model), optimizer=optimizer, scaler=scaler)
-    ctx.log(f"resumed {stage} from {path.name}: epoch {progress.epoch}, batch {progress.batch}, step {progress.step}")
-    truncate_stats(ctx.run / "stats.jsonl", stage, progress.step)
-    return progress
-
-
-def per_rank_batch(batch_size: int) -> int:
-    if batch_size % dist.world_size():
-        raise ValueError(
-            f"--batch-size {batch_size} must be divisible by the number of processes ({dist.world_size()})"
-        )
-    return batch_size // dist.world_size()
-
-
-def train_stage(
-    ctx: Context, stage: str, train_pairs, teacher: GiftNet | None, on_eval=None
-) -> tuple[GiftNet, Progress]:
-    """Train one branch to the end of its epochs; return the (unwrapped) model and its progress."""
-    cfg, ctx.stage = ctx.cfg, stage
-    model = prepare(ctx, build_stage_model(ctx, stage))
-    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.optimizer, ctx.device)
-    scaler = make_scaler(ctx.precision, ctx.device)
-    torch.manual_seed(cfg.seed + dist.rank())  # per-rank; a resumed run restores the saved state instead
-    progress = resume_point(ctx, stage, model, optimizer, scaler)
-    loader = make_train_loader(
-        train_pairs,
-        batch_size=per_rank_batch(cfg.batch_size),
-        crop_size=cfg.crop_size,
-        seed=cfg.seed + STAGE_ORDER.index(stage),
-        rank=dist.rank(),
-        world_size=dist.world_size(),
-        num_workers=cfg.workers,
-        device=ctx.device,
-        backend=cfg.backend,
-    )
-    step_model = torch.compile(model) if cfg.compile else model
-    monitor = Monitor(ctx.run, stage, cfg.stage_epochs(stage) * len(loader), progress.step, dist.is_main())
-    model.train()
-    try:
-        run_epochs(ctx, stage, model, step_model, teacher, loader, optimizer, scaler, progress, monitor, on_eval)
-    finally:
-        monitor.close()
-    return unwrap(model).eval(), progress
-
-
-def run_epochs(ctx, stage, model, step_model, teacher, loader, optimizer, scaler, progress, monitor, on_eval) -> None:
-    """The epochs of one stage from `progress` on. A file the loader cannot decode stops the run
-    with a checkpoint at the last completed step and a message naming the file."""
-    cfg = ctx.cfg
-    epochs, loss_cfg = cfg.stage_epochs(stage), stage_loss_config(ctx, stage)
-    window = LogWindow(ctx.device)
-    try:
-        for epoch in range(progress.epoch, epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, epoch)
-            start = progress.batch if epoch == progress.epoch else 0
-            progress.epoch, progress.batch = epoch, start
-            for batch in loader.epoch(epoch, start_batch=start):
-                window.add(train_step(ctx, step_model, teacher, batch, loss_cfg, optimizer, scaler))
-                progress.batch += 1
-                progress.step += 1
-                monitor.count(batch["mask"].shape[0] * dist.world_size())
-                monitor.advance(progress.step)
-                if progress.step % cfg.log_every == 0:
-                    log_interval(ctx, monitor, window, progress, epoch, optimizer)
-                if progress.step % cfg.ckpt_every == 0 and progress.batch < len(loader):  # epoch end saves anyway
-                    checkpoint(ctx, stage, model, optimizer, scaler, progress)
-                if should_stop(ctx, progress.step):
-                    checkpoint(ctx, stage, model, optimizer, scaler, progress)
-                    raise StopRequested(f"stopped at step {progress.step}; resume with --resume {ctx.run}")
-            progress.epoch, progress.batch = epoch + 1, 0
-            checkpoint(ctx, stage, model, optimizer, scaler, progress)
-            if on_eval is not None and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < epochs:
-                on_eval(unwrap(model), progress)
-                model.train()
-    except DatasetError as exc:
-        saved = "the last checkpoint is kept"
-        if dist.world_size() == 1:  # under DDP the other ranks are not at a barrier
-            checkpoint(ctx, stage, model, optimizer, scaler, progress)
-            saved = f"checkpoint saved at step {progress.step}"
-        raise DatasetError(
-            f"{exc}\nstopped: {saved}. Fix or remove the file (`python -m pipeline.check DATA` decodes every "
-            f"image and lists all such files, or pass --skip-bad-data), then continue with --resume {ctx.run}"
-        ) from None
-
-
-def should_stop(ctx: Context, step: int) -> bool:
-    """A signal arrived (on any rank: under DDP the ranks agree at log intervals)."""
-    if dist.world_size() == 1:
-        return ctx.stop
-    return step % ctx.cfg.log_every == 0 and dist.broadcast_flag(ctx.stop, ctx.device)
-
-
-def log_interval(ctx, monitor, window, progress, epoch, optimizer) -> None:
+def log_interval(ctx: Context, st: Stage, window: LogWindow) -> None:
     values, bad, worst = window.flush()
-    progress.bad_steps += bad
+    st.progress.bad_steps += bad
     values["skipped"] = float(bad)
-    monitor.log(progress.step, epoch, optimizer.param_groups[0]["lr"], values, ctx.device)
+    st.monitor.log(st.progress.step, st.progress.epoch, st.optimizer.param_groups[0]["lr"], values, ctx.device)
     if bad:
         ctx.log(
-            f"step {progress.step}: {bad} step(s) with a non-finite loss were skipped ({progress.bad_steps} in all)"
+            f"step {st.progress.step}: {bad} step(s) with a non-finite loss were skipped "
+            f"({st.progress.bad_steps} in all)"
         )
     if worst >= ctx.cfg.max_bad_steps:
-        raise FloatingPointError(
+        raise Diverged(
             f"{worst} consecutive steps had a non-finite loss (limit --max-bad-steps {ctx.cfg.max_bad_steps}); "
             "lower --lr, try --precision fp32, or check the data"
         )
+
+
+def refuse_non_finite(model: GiftNet, stage: str) -> None:
+    """No weights with NaN/inf leave a stage (they would be exported and used)."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise Diverged(f"the {stage} stage ended with non-finite weights ({bad[:3]}...); nothing was exported")
+
+
+# --- checkpoints, evaluation, stops -------------------------------------------------------------------
+
+
+def checkpoint(ctx: Context, st: Stage) -> None:
+    """Save the stage's whole state (rank 0), pruning older checkpoints; a second Ctrl-C waits for it."""
+    if dist.is_main():
+        data = checkpoint_bytes(
+            stage=st.name,
+            model=unwrap(st.model),
+            optimizer=st.optimizer,
+            scaler=st.scaler,
+            progress=st.progress,
+            train_config=ctx.cfg.to_dict(),
+        )
+        with ctx.signals.uninterrupted():
+            try:
+                ctx.folder.write_checkpoint(st.name, st.progress.step, data, ctx.cfg.keep_last)
+            except OSError as exc:  # the atomic write left the older checkpoints as they were
+                previous = ctx.folder.latest_checkpoint()
+                kept = f"the last good checkpoint is {previous.name}" if previous else "no earlier checkpoint exists"
+                raise CheckpointWriteError(
+                    f"cannot write checkpoint {ctx.folder / checkpoint_name(st.name, st.progress.step)} "
+                    f"({exc.strerror or exc}); {kept}: free space, then continue with --resume {ctx.folder.path}"
+                ) from exc
+    dist.barrier()
+
+
+def evaluation_due(ctx: Context, st: Stage) -> bool:
+    """At this epoch end (batch 0 of epoch E > 0): every --eval-every epochs and after the last one."""
+    if ctx.evaluate is None or st.name != "harmonization" or st.progress.batch or not st.progress.epoch:
+        return False
+    done = st.progress.epoch
+    return done == st.epochs or bool(ctx.cfg.eval_every and done % ctx.cfg.eval_every == 0)
+
+
+def evaluate_and_checkpoint(ctx: Context, st: Stage) -> None:
+    """Evaluate (eval mode, no side effect on training) and save a checkpoint that holds the result,
+    so that a kill after any file the evaluation writes resumes to the same run."""
+    ctx.evaluate(unwrap(st.model), st.progress)
+    st.model.train()
+    st.progress.evaluated = st.progress.step
+    checkpoint(ctx, st)
+
+
+def stop(ctx: Context, st: Stage) -> None:
+    checkpoint(ctx, st)
+    raise StopRequested(
+        ctx.signals.stop_signal, f"stopped at step {st.progress.step}; resume with --resume {ctx.folder.path}"
+    )
+
+
+def stop_on_bad_data(ctx: Context, st: Stage, message: str) -> None:
+    """All ranks met the failure at the same step boundary: save the last completed step and stop."""
+    checkpoint(ctx, st)
+    raise DataError(
+        f"{message}\nstopped: checkpoint saved at step {st.progress.step}. Fix or remove the file "
+        "(`python -m pipeline.check DATA` decodes every image and lists all such files, or pass "
+        f"--skip-bad-data), then continue with --resume {ctx.folder.path}"
+    )

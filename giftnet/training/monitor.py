@@ -1,10 +1,13 @@
-"""What a person watches: a rich progress display, stats.jsonl, sample grids, a loss curve."""
+"""What a person watches: a rich progress display (or, when stdout is not a terminal, one plain
+timestamped line per log interval), stats.jsonl, sample grids, a loss curve."""
 
 from __future__ import annotations
 
-import json
+import datetime
+import io
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,18 +15,26 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+if TYPE_CHECKING:
+    from giftnet.training.runfolder import RunFolder
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
 
 class Monitor:
     """Progress bar and logs of one stage; a silent no-op on ranks other than 0."""
 
-    def __init__(self, run: Path, stage: str, total_steps: int, start_step: int, enabled: bool) -> None:
+    def __init__(self, folder: RunFolder, stage: str, total_steps: int, start_step: int, enabled: bool) -> None:
         self.enabled = enabled
-        self.run, self.stage = run, stage
+        self.folder, self.stage = folder, stage
         self.console = Console()
-        self.stats_path = run / "stats.jsonl"
-        self._t0, self._images, self._last = time.perf_counter(), 0, {}
+        self.total, self.start_step, self._start_time = total_steps, start_step, time.perf_counter()
+        self._t0, self._images = time.perf_counter(), 0
         self.progress = None
-        if enabled:
+        self.plain = not self.console.is_terminal  # SLURM, `> log`: plain lines, no bar
+        if enabled and not self.plain:
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -36,7 +47,7 @@ class Monitor:
             )
             self.task = self.progress.add_task(stage, total=total_steps, completed=start_step, info="")
             self.progress.start()
-        self.tensorboard = tensorboard_writer(run) if enabled else None
+        self.tensorboard = tensorboard_writer(folder.path) if enabled else None
 
     def count(self, images: int) -> None:
         self._images += images
@@ -51,18 +62,31 @@ class Monitor:
         record = {"stage": self.stage, "step": step, "epoch": epoch, "lr": lr, "images_per_s": rate, **values}
         if device.type == "cuda":
             record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        with self.stats_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        record["time"] = now_utc()
+        self.folder.append("stats", record)
         if self.tensorboard is not None:
             for key, value in record.items():
                 if isinstance(value, float):
                     self.tensorboard.add_scalar(f"{self.stage}/{key}", value, step)
         shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k in ("total", "har", "dis", "skipped"))
         mem = f"  mem {record['gpu_mem_gb']:.1f}G" if "gpu_mem_gb" in record else ""
-        self.progress.update(self.task, completed=step, info=f"ep {epoch} lr {lr:.0e} {shown} {rate:.1f} img/s{mem}")
+        if self.plain:
+            parts = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+            print(f"{record['time']}  {self.stage} epoch {epoch} step {step}/{self.total}  {parts}  lr {lr:.3g}  "
+                  f"{rate:.1f} img/s  eta {self.eta(step)}{mem}", flush=True)  # fmt: skip
+        else:
+            info = f"ep {epoch} lr {lr:.0e} {shown} {rate:.1f} img/s{mem}"
+            self.progress.update(self.task, completed=step, info=info)
+
+    def eta(self, step: int) -> str:
+        done = step - self.start_step
+        if done <= 0:
+            return "?"
+        left = (time.perf_counter() - self._start_time) / done * (self.total - step)
+        return str(datetime.timedelta(seconds=round(left)))
 
     def advance(self, step: int) -> None:
-        if self.enabled and step % 5 == 0:
+        if self.progress is not None and step % 5 == 0:
             self.progress.update(self.task, completed=step)
 
     def print(self, *args) -> None:
@@ -87,35 +111,22 @@ def tensorboard_writer(run: Path):
     return SummaryWriter(log_dir=str(run / "tensorboard"))
 
 
-def truncate_stats(path: Path, stage: str, after_step: int) -> None:
-    """On resume, drop the records a killed run wrote after its last checkpoint."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the kill
-        if not (rec.get("stage") == stage and rec.get("step", 0) > after_step):
-            keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep))
-
-
-def save_grid(path: Path, composite: torch.Tensor, pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> None:
-    """A PNG with one row per sample: composite | harmonised | real | mask (images 0-255)."""
+def save_grid(
+    f: io.BytesIO, composite: torch.Tensor, pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor
+) -> None:
+    """A PNG into `f` with one row per sample: composite | harmonised | real | mask (images 0-255)."""
     rows = []
     for i in range(min(4, composite.shape[0])):
         tiles = [t[i].float() for t in (composite, pred, real)]
         tiles.append(mask[i].float().expand(3, -1, -1) * 255.0)
         rows.append(torch.cat(tiles, dim=2))
     grid = torch.cat(rows, dim=1).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(grid)).save(path)
+    Image.fromarray(np.ascontiguousarray(grid)).save(f, format="PNG")
 
 
-def plot_losses(stats_path: Path, out: Path) -> bool:
-    """Loss curves per stage from stats.jsonl; False when matplotlib is missing."""
+def plot_losses(records: list[dict], out: io.BytesIO) -> bool:
+    """Loss curves per stage (in stage order) from stats.jsonl records as a PNG into `out`;
+    False when matplotlib is missing or there is nothing to plot."""
     try:
         import matplotlib
 
@@ -123,18 +134,20 @@ def plot_losses(stats_path: Path, out: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    records = [json.loads(line) for line in stats_path.read_text().splitlines() if line.strip()]
-    stages = sorted({r["stage"] for r in records})
+    order = ("reconstruction", "harmonization")
+    stages = [s for s in order if any(r.get("stage") == s for r in records)]
+    if not stages:
+        return False
     fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 4), squeeze=False)
     for ax, stage in zip(axes[0], stages, strict=True):
         recs = [r for r in records if r["stage"] == stage]
         for key in ("total", "har", "dis"):
-            pts = [(r["step"], r[key]) for r in recs if key in r]
+            pts = [(r["step"], r[key]) for r in recs if key in r and r[key] > 0]  # a log axis
             if pts:
                 ax.plot(*zip(*pts, strict=True), label=key)
         ax.set(title=stage, xlabel="step", yscale="log")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
     return True
