@@ -16,36 +16,17 @@ fp32: the reference in fp32, (2e-5, 1e-4). fp16: the fp32 reference of the fp16-
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
+from modconv_cases import Case, assert_matches, make_inputs, run_both
 
+import kernels.testing
 from kernels import masked_modconv2d
 from kernels._dispatch import interpreter_enabled
 from kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
 
-TOLERANCES = {
-    torch.float32: (2e-5, 1e-4),
-    torch.float16: (2e-3, 1e-2),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    batch: int
-    channels: int
-    height: int
-    width: int
-    mask: str  # "empty", "full", "soft" (uniform in [0, 1]) or "hard" (random 0/1)
-    demodulate: bool
-    channels_last: bool
-
-    def __str__(self) -> str:
-        layout = "cl" if self.channels_last else "nchw"
-        demod = "demod" if self.demodulate else "nodemod"
-        return f"b{self.batch}-c{self.channels}-{self.height}x{self.width}-{self.mask}-{demod}-{layout}"
+TOLERANCES = kernels.testing.TOLERANCES["modconv", "interpreter"]
 
 
 FP32_CASES = (
@@ -67,50 +48,6 @@ FP16_CASES = (
     Case(1, 17, 32, 32, "empty", True, True),
     Case(3, 48, 32, 32, "hard", False, False),
 )
-
-
-def make_inputs(case: Case, dtype: torch.dtype, device: str | torch.device = "cpu"):
-    """x, weight, style, mask and one upstream gradient dy, all in `dtype` (weights near a GIFT init)."""
-    b, c, h, w = case.batch, case.channels, case.height, case.width
-    x = torch.randn(b, c, h, w)
-    weight = torch.randn(c, c, 3, 3) / (3.0 * c**0.5)
-    style = torch.rand(b, c) + 0.5
-    if case.mask == "empty":
-        mask = torch.zeros(b, 1, h, w)
-    elif case.mask == "full":
-        mask = torch.ones(b, 1, h, w)
-    elif case.mask == "soft":
-        mask = torch.rand(b, 1, h, w)
-    else:
-        mask = (torch.rand(b, 1, h, w) > 0.5).float()
-    dy = torch.randn(b, c, h, w)
-    if case.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-        dy = dy.contiguous(memory_format=torch.channels_last)
-    return [t.to(device=device, dtype=dtype) for t in (x, weight, style, mask, dy)]
-
-
-def run_both(case: Case, dtype: torch.dtype, ref_dtype: torch.dtype, device="cpu"):
-    """(kernel, reference) lists [y, dx, dweight, dstyle]; the reference runs on the same inputs cast to ref_dtype."""
-    x, weight, style, mask, dy = make_inputs(case, dtype, device)
-    leaves = [t.clone().requires_grad_(True) for t in (x, weight, style)]
-    y = masked_modconv2d(*leaves, mask, demodulate=case.demodulate, impl="triton")
-    y.backward(dy)
-    got = [y.detach()] + [t.grad for t in leaves]
-
-    ref_leaves = [t.detach().to(ref_dtype).requires_grad_(True) for t in (x, weight, style)]
-    y_ref = masked_modconv2d_reference(*ref_leaves, mask.to(ref_dtype), demodulate=case.demodulate)
-    y_ref.backward(dy.to(ref_dtype))
-    want = [y_ref.detach()] + [t.grad for t in ref_leaves]
-    return got, want
-
-
-def assert_matches(got, want, dtype: torch.dtype, atol: float, rtol: float) -> None:
-    for name, g, w in zip(("y", "dx", "dweight", "dstyle"), got, want, strict=True):
-        assert g is not None, f"{name} is missing"
-        assert g.dtype == dtype, f"{name} is {g.dtype}, expected {dtype}"
-        scale = max(1.0, w.abs().max().item())
-        torch.testing.assert_close(g.to(w.dtype), w, atol=atol * scale, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
 
 
 pytestmark = pytest.mark.skipif(
