@@ -73,7 +73,7 @@ def _impls(cuda: bool) -> dict[str, tuple[Callable, bool] | str]:
         impls["compile"] = "torch.compile timing " + msg
         impls["triton"] = impls["triton-cl"] = "Triton timing " + msg
         return impls
-    from kernels.masked_modconv_triton import masked_modconv2d_triton
+    from kernels.masked_modconv.autograd import masked_modconv2d_triton
 
     # One static graph per site (4 shapes): no dynamic-shape kernels, no recompile-limit fallback.
     dynamo = torch._dynamo.config

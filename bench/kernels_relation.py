@@ -50,7 +50,7 @@ def _impls(cuda: bool) -> dict[str, Callable | str]:
         return impls
     # static shapes: each level gets its own specialised compile, as a training run would
     impls["compile"] = torch.compile(relation_distill_loss_reference, dynamic=False)
-    from kernels.relation_triton import relation_distill_loss_triton
+    from kernels.relation.autograd import relation_distill_loss_triton
 
     impls["triton"] = relation_distill_loss_triton
     return impls

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from modconv_cases import Case, assert_matches, make_inputs, run_both
 
 from kernels import masked_modconv2d
+from kernels._dispatch import forced_launch
 from kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
 from kernels.testing import TOLERANCES
 
@@ -51,8 +52,7 @@ def test_forward_and_gradients_match_reference(dtype, atol, rtol, case):
 @pytest.mark.parametrize("dtype", list(GPU_TOLERANCES))
 def test_every_autotune_config(dtype):
     """Each config the autotuner may pick is correct, not only the one it picks here."""
-    from kernels import masked_modconv_bwd as bwd
-    from kernels import masked_modconv_fwd as fwd
+    from kernels.masked_modconv import launch
 
     atol, rtol = GPU_TOLERANCES[dtype]
     b, c, h, w = 2, 80, 19, 37  # partial tiles in every direction, several chunks of pixels
@@ -63,13 +63,15 @@ def test_every_autotune_config(dtype):
     g = (dy * mask).double().flatten(2)
     xm = F.unfold((x * mask).double(), 3, padding=1).view(b, c, 9, h * w)
     want_corr = torch.einsum("bop,bikp->bkoi", g, xm)
-    wpack = fwd.pack_weight_forward(weight, dtype)
-    for cfg in fwd.CONFIGS:
-        y = fwd.conv3x3_scale_blend(x, wpack, s32, d, mask, x, config=cfg)
+    wpack = launch.pack_weight_forward(weight, dtype)
+    for cfg in launch.FWD_CONFIGS:
+        with forced_launch(cfg):
+            y = launch.conv3x3_scale_blend(x, wpack, s32, d, mask, x)
         scale = want_y.abs().max().item()
         torch.testing.assert_close(y.double(), want_y, atol=atol * scale, rtol=rtol, msg=lambda m, k=cfg: f"{k}: {m}")
-    for cfg in bwd.CONFIGS:
-        corr = bwd.tap_correlation(dy, x, mask, chunks=2, config=cfg)
+    for cfg in launch.CORR_CONFIGS:
+        with forced_launch(cfg):
+            corr = launch.tap_correlation(dy, x, mask, chunks=2)
         scale = want_corr.abs().max().item()
         torch.testing.assert_close(
             corr.double(), want_corr, atol=atol * scale, rtol=rtol, msg=lambda m, k=cfg: f"{k}: {m}"

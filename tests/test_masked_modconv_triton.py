@@ -19,11 +19,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 from modconv_cases import Case, assert_matches, make_inputs, run_both
 
 import kernels.testing
 from kernels import masked_modconv2d
-from kernels._dispatch import interpreter_enabled
+from kernels._dispatch import forced_launch, interpreter_enabled
 from kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
 
 TOLERANCES = kernels.testing.TOLERANCES["modconv", "interpreter"]
@@ -71,16 +72,18 @@ def test_forward_and_gradients_match_reference(dtype, atol, rtol, case):
 
 def test_small_tiles_cover_several_output_channel_tiles():
     """Forward and input-gradient launches with 2 output-channel tiles and 3 input-channel steps."""
-    from kernels.masked_modconv_fwd import conv3x3_scale_blend, pack_weight_forward, pack_weight_transposed
+    from kernels.masked_modconv.launch import conv3x3_scale_blend, pack_weight_forward, pack_weight_transposed
 
     x, weight, style, mask, dy = make_inputs(Case(2, 48, 7, 13, "soft", True, False), torch.float32)
     d = demodulation_coefficients(weight, style)
-    small = (64, 32, 16, 4, 1)
-    y = conv3x3_scale_blend(x, pack_weight_forward(weight, x.dtype), style, d, mask, x, config=small)
+    small = triton.Config({"BLOCK_P": 64, "BLOCK_O": 32, "BLOCK_I": 16}, num_warps=4, num_stages=1)
+    with forced_launch(small):
+        y = conv3x3_scale_blend(x, pack_weight_forward(weight, x.dtype), style, d, mask, x)
     torch.testing.assert_close(y, masked_modconv2d_reference(x, weight, style, mask), atol=2e-5, rtol=1e-4)
 
     # With the mirrored, transposed packing the same kernel is the adjoint: the input gradient.
-    dx = conv3x3_scale_blend(dy, pack_weight_transposed(weight, x.dtype), d, style, mask, dy, config=small)
+    with forced_launch(small):
+        dx = conv3x3_scale_blend(dy, pack_weight_transposed(weight, x.dtype), d, style, mask, dy)
     xs = x.clone().requires_grad_(True)
     masked_modconv2d_reference(xs, weight, style, mask).backward(dy)
     torch.testing.assert_close(dx, xs.grad, atol=2e-5, rtol=1e-4)
@@ -88,11 +91,12 @@ def test_small_tiles_cover_several_output_channel_tiles():
 
 def test_tap_correlation_with_several_chunks_and_tiles():
     """G summed over 3 pixel chunks (the last one partial), 2x2 channel tiles, vs an unfold formula."""
-    from kernels.masked_modconv_bwd import tap_correlation
+    from kernels.masked_modconv.launch import tap_correlation
 
     b, c, h, w = 1, 17, 17, 33
     x, _, _, mask, dy = make_inputs(Case(b, c, h, w, "soft", True, True), torch.float32)
-    corr = tap_correlation(dy, x, mask, chunks=3, config=(16, 16, 64, 4, 1))
+    with forced_launch(triton.Config({"BLOCK_O": 16, "BLOCK_I": 16, "BLOCK_P": 64}, num_warps=4, num_stages=1)):
+        corr = tap_correlation(dy, x, mask, chunks=3)
     xm = F.unfold(x * mask, 3, padding=1).view(b, c, 9, h * w)  # xm[b, i, k, p] = (x m)[b, i, p + off(k)]
     want = torch.einsum("bop,bikp->bkoi", (dy * mask).flatten(2), xm)
     torch.testing.assert_close(corr, want, atol=1e-4, rtol=1e-4)
