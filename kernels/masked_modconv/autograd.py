@@ -14,6 +14,7 @@ NCHW and channels_last are both handled natively (strides are passed; no layout 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from kernels.masked_modconv.launch import (
     conv3x3_scale_blend,
@@ -27,58 +28,92 @@ from kernels.masked_modconv.reference import demodulation_coefficients
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-class MaskedModConv2dFunction(torch.autograd.Function):
+# Registered as torch custom ops (forward and backward), so torch.compile of a whole model
+# treats each as one opaque node with a fake (shape-only) implementation: no graph break at the
+# kernel, and the Python around the launches (layout checks, autotuning) never gets traced.
+@torch.library.custom_op("giftnet::masked_modconv2d", mutates_args=())
+def _forward_op(x: Tensor, weight: Tensor, style: Tensor, mask: Tensor, demodulate: bool, eps: float) -> Tensor:
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"masked_modconv2d: x must be fp32, fp16 or bf16, got {x.dtype}")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = dense(x)
+        m = dense(mask.detach().to(x.dtype))
+        s = style.detach().float().contiguous()
+        d = _demod(weight, s, demodulate, eps)
+        return conv3x3_scale_blend(x, pack_weight_forward(weight, x.dtype), s, d, m, x)
+
+
+def _like(x: Tensor) -> Tensor:
+    """An empty tensor shaped as the kernels write their results for x: x's dtype and layout."""
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.empty_like(x, memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+@_forward_op.register_fake
+def _(x, weight, style, mask, demodulate, eps):
+    return _like(x)
+
+
+@torch.library.custom_op("giftnet::masked_modconv2d_backward", mutates_args=())
+def _backward_op(
+    dy: Tensor, x: Tensor, weight: Tensor, style: Tensor, mask: Tensor, demodulate: bool, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dstyle) in the dtypes of x, weight and style."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = dense(x)
+        m = dense(mask.detach().to(x.dtype))
+        dy = dense(dy.to(x.dtype))
+        s = style.detach().float().contiguous()
+        d = _demod(weight, s, demodulate, eps)
+        dx = conv3x3_scale_blend(dy, pack_weight_transposed(weight, x.dtype), d, s, m, dy)
+        corr = tap_correlation(dy, x, m)
+        dw, ds = weight_style_grads(corr, weight, s, d if demodulate else None)
+        return dx, dw.to(weight.dtype).contiguous(), ds.to(style.dtype).contiguous()
+
+
+@_backward_op.register_fake
+def _(dy, x, weight, style, mask, demodulate, eps):
+    return _like(x), torch.empty_like(weight), torch.empty_like(style)
+
+
+def _demod(weight: Tensor, s: Tensor, demodulate: bool, eps: float) -> Tensor:
+    if demodulate:
+        return demodulation_coefficients(weight.detach(), s, eps).contiguous()
+    return torch.ones_like(s)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, style, mask, demodulate, eps = inputs
+    ctx.save_for_backward(x, weight, style, mask)
+    ctx.demodulate, ctx.eps = demodulate, eps
+
+
+def _backward(ctx, dy):
     """Gradients for x, weight and style; the mask is a constant."""
+    x, weight, style, mask = ctx.saved_tensors
+    dx, dw, ds = _backward_op(dy, x, weight, style, mask, ctx.demodulate, ctx.eps)
+    need_x, need_w, need_s = ctx.needs_input_grad[:3]
+    return dx if need_x else None, dw if need_w else None, ds if need_s else None, None, None, None
 
-    @staticmethod
-    def forward(ctx, x, weight, style, mask, demodulate: bool, eps: float):
-        if x.dtype not in _DTYPES:
-            raise ValueError(f"masked_modconv2d: x must be fp32, fp16 or bf16, got {x.dtype}")
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x = dense(x)
-            m = dense(mask.detach().to(x.dtype))
-            s = style.detach().float().contiguous()
-            if demodulate:
-                d = demodulation_coefficients(weight.detach(), s, eps).contiguous()
-            else:
-                d = torch.ones_like(s)
-            y = conv3x3_scale_blend(x, pack_weight_forward(weight, x.dtype), s, d, m, x)
-        ctx.save_for_backward(x, weight, style, m, d)
-        ctx.demodulate = demodulate
-        return y
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, style, m, d = ctx.saved_tensors
-        need_x, need_w, need_s = ctx.needs_input_grad[:3]
-        dx = dweight = dstyle = None
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            dy = dense(dy.to(x.dtype))
-            s = style.detach().float().contiguous()
-            if need_x:
-                dx = conv3x3_scale_blend(dy, pack_weight_transposed(weight, x.dtype), d, s, m, dy)
-            if need_w or need_s:
-                corr = tap_correlation(dy, x, m)
-                dw, ds = weight_style_grads(corr, weight, s, d if ctx.demodulate else None)
-                dweight = dw.to(weight.dtype) if need_w else None
-                dstyle = ds.to(style.dtype) if need_s else None
-        return dx, dweight, dstyle, None, None, None
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def masked_modconv2d_triton(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    style: torch.Tensor,
-    mask: torch.Tensor,
+    x: Tensor,
+    weight: Tensor,
+    style: Tensor,
+    mask: Tensor,
     *,
     demodulate: bool = True,
     eps: float = 1e-8,
-) -> torch.Tensor:
+) -> Tensor:
     """Fused m * conv3x3(m * x, W''_b) + (1 - m) * x; arguments as `kernels.masked_modconv2d`.
 
     Shapes are validated by the public function; the result has x's dtype and memory format.
+    Runs as the custom op torch.ops.giftnet.masked_modconv2d (gradients by its backward op).
     """
-    return MaskedModConv2dFunction.apply(x, weight, style, mask, demodulate, eps)
+    return _forward_op(x, weight, style, mask.detach(), bool(demodulate), float(eps))
 
 
 def weight_style_grads(

@@ -18,13 +18,15 @@ from kernels.masked_modconv.jit import conv3x3_scale_blend_kernel, tap_correlati
 # channels. The narrow tile serves C = 32, the middle one C = 64/128, the wide one C = 128/256.
 # Each compiles without spills for sm_86 and sm_90 in fp32/fp16/bf16 and both layouts
 # (tests/test_aot_masked_modconv.py), also when specialized on 16-divisible shapes as at the
-# GiftNet sites; 128x128 tiles spill. The 8-warp tile is capped at 128 registers per thread so
-# two blocks fit an SM (65536 registers); it still does not spill. The correlation's 8-warp tiles
-# are not capped: at 128 registers the 64- and 128-wide fp32 and the 32-wide bf16 NCHW ones spill.
+# GiftNet sites; 128x128 tiles spill. No 8-warp config is register-capped (maxnreg, which
+# kernels._dispatch.launch and kernels.aot pass through): at 128 registers per thread, the cap
+# that lets two 8-warp blocks share an SM, the conv tile spills 192-464 B of stack in the
+# generic compile (every dtype and layout, sm_86 and sm_90), and the correlation's 64- and
+# 128-wide fp32 and 32-wide bf16 NCHW tiles spill too.
 FWD_CONFIGS = (
     triton.Config({"BLOCK_P": 64, "BLOCK_O": 32, "BLOCK_I": 32}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_P": 64, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_P": 128, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=8, num_stages=3, maxnreg=128),
+    triton.Config({"BLOCK_P": 128, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=8, num_stages=3),
 )
 # Under TRITON_INTERPRET=1 (no autotune) one fixed config; large tiles run fastest there. Tests
 # force small tiles through kernels._dispatch.forced_launch to cover several channel tiles.

@@ -68,10 +68,16 @@ def _loss_terms(zs, ps, zt, pt, feats: _Features, keep_terms: bool):
     return loss_part.sum(), r, a, q_part.sum(dim=1)
 
 
-class _RelationDistillLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, gamma: float):
-        op = "relation_distill_loss_triton"
+# The loss (what training calls) is a pair of torch custom ops, forward and backward, so
+# torch.compile of the whole model sees one opaque node with a fake implementation: no graph
+# break, and the launch code is never traced.
+@torch.library.custom_op("giftnet::relation_distill_loss", mutates_args=())
+def _loss_op(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, gamma: float, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, dz, inv_area, f, g): the loss and, with need_grad, what the backward needs (else empty)."""
+    op = "relation_distill_loss_triton"
+    with _on_device(student):
         dtype = torch.promote_types(student.dtype, teacher.dtype)
         fs_, ft_ = _features(op, student, dtype), _features(op, teacher.detach(), dtype)
         m = _flat_mask(mask)
@@ -79,24 +85,73 @@ class _RelationDistillLoss(torch.autograd.Function):
         zs, *ps = fs_.logits(fs, gamma)
         zt, *pt = ft_.logits(ft, gamma)
         del ft_
-        keep = ctx.needs_input_grad[0]
-        loss, r, a, q = _loss_terms(zs, ps, zt, pt, fs_, keep)
-        if keep:
-            dz = a.sub_(q[:, None]).mul_(r)  # dL_b / dz_i, before the 1 / B of the batch mean
-            g = fs_.channel_sums(dz, fs).sum(dim=1)
-            ctx.gamma, ctx.out_dtype = gamma, student.dtype
-            ctx.save_for_backward(fs_.x, dz, m, inv_area, fs, g)
-        return loss
+        loss, r, a, q = _loss_terms(zs, ps, zt, pt, fs_, need_grad)
+        if not need_grad:
+            empty = torch.empty(0, device=student.device)
+            return loss, empty, empty.clone(), empty.clone(), empty.clone()
+        dz = a.sub_(q[:, None]).mul_(r)  # dL_b / dz_i, before the 1 / B of the batch mean
+        g = fs_.channel_sums(dz, fs).sum(dim=1)
+        return loss, dz, inv_area, fs, g
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss: torch.Tensor):
-        x, dz, m, inv_area, f, g = ctx.saved_tensors
-        with _on_device(x):
-            feats = _Features(x)
-            upstream = grad_loss.float().reshape(1)
-            grad = feats.grad(dz, m, inv_area, f, g, upstream, 2.0 * ctx.gamma / feats.b)
-        return grad.to(ctx.out_dtype), None, None, None
+
+@_loss_op.register_fake
+def _(student, teacher, mask, gamma, need_grad):
+    b, c, h, w = student.shape
+    new = student.new_empty
+    if not need_grad:
+        return new((), dtype=torch.float32), *(new(0, dtype=torch.float32) for _ in range(4))
+    f32 = torch.float32
+    return (
+        new((), dtype=f32),
+        new((b, h * w), dtype=f32),
+        new((b,), dtype=f32),
+        new((b, c), dtype=f32),
+        new((b, c), dtype=f32),
+    )
+
+
+@torch.library.custom_op("giftnet::relation_distill_loss_backward", mutates_args=())
+def _loss_backward_op(
+    grad_loss: torch.Tensor,
+    student: torch.Tensor,
+    mask: torch.Tensor,
+    dz: torch.Tensor,
+    inv_area: torch.Tensor,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    gamma: float,
+    compute_dtype: torch.dtype,
+) -> torch.Tensor:
+    """The student's gradient, in its dtype and layout family."""
+    with _on_device(student):
+        feats = _features("relation_distill_loss_triton", student.detach(), compute_dtype)
+        upstream = grad_loss.float().reshape(1)
+        grad = feats.grad(dz, _flat_mask(mask), inv_area, f, g, upstream, 2.0 * gamma / feats.b)
+        return grad.to(student.dtype)
+
+
+@_loss_backward_op.register_fake
+def _(grad_loss, student, mask, dz, inv_area, f, g, gamma, compute_dtype):
+    cl = student.is_contiguous(memory_format=torch.channels_last) and not student.is_contiguous()
+    return torch.empty_like(student, memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+def _loss_setup_context(ctx, inputs, output) -> None:
+    student, teacher, mask, gamma, _ = inputs
+    _, dz, inv_area, f, g = output
+    ctx.save_for_backward(student, mask, dz, inv_area, f, g)
+    ctx.gamma, ctx.compute_dtype = gamma, torch.promote_types(student.dtype, teacher.dtype)
+
+
+def _loss_backward(ctx, grad_loss, *_unused):
+    student, mask, dz, inv_area, f, g = ctx.saved_tensors
+    if dz.numel() == 0:
+        raise RuntimeError("relation_distill_loss: backward through a loss computed without need_grad")
+    grad = _loss_backward_op(grad_loss, student, mask, dz, inv_area, f, g, ctx.gamma, ctx.compute_dtype)
+    return grad, None, None, None, None
+
+
+_loss_op.register_autograd(_loss_backward, setup_context=_loss_setup_context)
 
 
 def _check(op: str, feat: torch.Tensor, mask: torch.Tensor, name: str) -> None:
@@ -131,5 +186,5 @@ def relation_distill_loss_triton(
             f"{tuple(student.shape)} on {student.device}"
         )
     _check(op, teacher, mask, "teacher")
-    with _on_device(student):
-        return _RelationDistillLoss.apply(student, teacher.detach(), mask.detach(), float(gamma))
+    need_grad = student.requires_grad and torch.is_grad_enabled()
+    return _loss_op(student, teacher.detach(), mask.detach(), float(gamma), need_grad)[0]
