@@ -80,11 +80,11 @@ def split_pixels(n: int, batch: int, device: torch.device) -> tuple[int, int]:
     return chunk, triton.cdiv(n, chunk)
 
 
-def _launch(kernel, grid: tuple[int, ...], *args) -> None:
-    """Launch a feature-reading kernel (kernels._dispatch.launch); args[-3] is its channel count."""
+def _launch(kernel, grid: tuple[int, ...], channels: int, *args) -> None:
+    """Launch a feature-reading kernel over `channels` channels (kernels._dispatch.launch)."""
     launch(
         kernel, _TUNED[kernel], lambda meta: grid, *args,
-        interpreter_config=INTERPRETER_CONFIG, channels=int(args[-3]), tile_keys=_TILES,
+        interpreter_config=INTERPRETER_CONFIG, channels=channels, tile_keys=_TILES,
     )  # fmt: skip
 
 
@@ -119,7 +119,7 @@ class _Features:
         part = torch.empty((self.b, self.p, self.c), device=dev, dtype=f32) if part is None else part
         wsum = torch.empty((self.b, self.p), device=dev, dtype=f32) if wsum is None else wsum
         args = (self.x, weights, center, part, wsum, self.sb, self.sc, self.sp, self.c, self.n, self.chunk)
-        _launch(_channel_sum_kernel, (self.b, self.p), *args)
+        _launch(_channel_sum_kernel, (self.b, self.p), self.c, *args)
         return part
 
     def logits(self, f: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -128,7 +128,7 @@ class _Features:
         mx = torch.empty((self.b, self.p), device=self.x.device, dtype=torch.float32)
         se = torch.empty_like(mx)
         args = (self.x, f, z, mx, se, self.sb, self.sc, self.sp, self.c, self.n, self.chunk, -float(gamma))
-        _launch(_logits_kernel, (self.b, self.p), *args)
+        _launch(_logits_kernel, (self.b, self.p), self.c, *args)
         return z, mx, se
 
     def grad(self, dz, m, inv_area, f, g, upstream: torch.Tensor, two_gamma: float) -> torch.Tensor:
@@ -137,7 +137,7 @@ class _Features:
         out = torch.empty_like(self.x, memory_format=torch.channels_last if cl else torch.contiguous_format)
         out, gb, gc, gp = pixel_strides(out)
         args = (self.x, dz, m, inv_area, f, g, upstream, out, self.sb, self.sc, self.sp, gb, gc, gp)
-        _launch(_grad_kernel, (self.b, self.p), *args, self.c, self.n, self.chunk, two_gamma)
+        _launch(_grad_kernel, (self.b, self.p), self.c, *args, self.c, self.n, self.chunk, two_gamma)
         return out
 
 
