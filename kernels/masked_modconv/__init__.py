@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._dispatch import register_aot_specs, resolve_impl
+from kernels._dispatch import register_aot_specs, resolve_impl, triton_installed
 from kernels.masked_modconv.reference import (
     OP,
     check_modconv_args,
@@ -57,3 +57,8 @@ def _aot_specs() -> list:
 
 
 register_aot_specs(OP, _aot_specs)
+
+if triton_installed():
+    # Registers the torch custom ops now, not at the first call: a torch.compile that traces the
+    # first call must find them (an import inside a traced function could break the graph).
+    from kernels.masked_modconv import autograd as _autograd  # noqa: F401

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._dispatch import register_aot_specs, resolve_impl
+from kernels._dispatch import register_aot_specs, resolve_impl, triton_installed
 from kernels.relation.reference import (
     AREA_EPS,
     check_relation_args,
@@ -78,3 +78,8 @@ def _aot_specs() -> list:
 
 
 register_aot_specs("relation", _aot_specs)
+
+if triton_installed():
+    # Registers the torch custom ops now, not at the first call: a torch.compile that traces the
+    # first call must find them (an import inside a traced function could break the graph).
+    from kernels.relation import autograd as _autograd  # noqa: F401
