@@ -1,56 +1,106 @@
 #!/usr/bin/env bash
-# GPU check: correctness of the Triton kernels on the device, then every benchmark, in one go.
+# GPU check: correctness of the Triton kernels on the device and every benchmark, in one call.
 #
-#   bash bench/gpu_check.sh OUT_DIR
+#   bash bench/gpu_check.sh [--dry-run] [--tiny] [--steps a,b,...] OUT_DIR
 #
-# For a borrowed GPU machine: installs nothing, uses $PYTHON (default python3) as found there with
-# PYTHONPATH set to this repository. Writes env.txt, one log per step, JSON of every benchmark, a
-# copy of bench/results/results.csv with the new figures appended, and the report (README.md and
-# PNGs) into OUT_DIR. Every step has a timeout; together they stay within
-# GIFTNET_GPU_CHECK_BUDGET_S seconds (default 450). Exits non-zero only when a correctness check
-# fails. GIFTNET_GPU_CHECK_DRY=1: only check for CUDA and list what would run.
+# Made for a borrowed GPU machine that returns at most 8 files: everything is written to a
+# scratch folder and OUT_DIR receives exactly two files, gpu_check.log (this script's log, the
+# tail of every step) and gpu_check.tar.gz (env.txt, one log per step, the JSON of every
+# benchmark, results.csv with the new rows, the pytest junit XML, the report). The archive is
+# rebuilt after every step, so a run killed from outside still returns what it measured.
+#
+# Steps, in this order (fastest evidence first): smoke (bench.gpu_smoke --quick), modconv and
+# relation (kernel benchmarks, each row appended to results.csv as it is measured), train
+# (configs a-c), train_e (a and e: torch.compile, on its own so its compile time cannot starve
+# the others), pytest (the CUDA tests with xdist, SIGINT at the limit so pytest still prints its
+# summary, a junit report), report. Each step has a limit and all of them fit
+# GIFTNET_GPU_CHECK_BUDGET_S (default 400 s), so a rerun fits a 15-minute window.
+#
+#   --dry-run      print the plan (every command with its limit) and exit; nothing runs
+#   --tiny         tiny benchmark sizes (CI on a CPU runs the harness end to end this way)
+#   --steps LIST   only these steps (comma-separated), e.g. --steps pytest,report for a rerun
+#   -h, --help     this text
+#
+# Installs nothing; uses $PYTHON (default python3) with PYTHONPATH set to this repository. Exits
+# 1 when a correctness step (smoke, pytest) fails, 2 on a usage error, else 0.
 set -u -o pipefail
 
-OUT=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
+usage() { sed -n '2,/^set -u/{/^set -u/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+DRY=${GIFTNET_GPU_CHECK_DRY:-0}
+TINY=0
+ONLY=""
+OUT=""
+while (($#)); do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --dry-run) DRY=1 ;;
+    --tiny) TINY=1 ;;
+    --steps) ONLY=${2:?--steps needs a comma-separated list}; shift ;;
+    --steps=*) ONLY=${1#--steps=} ;;
+    -*) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *)
+      [[ -z $OUT ]] || { echo "gpu_check: one OUT_DIR only, got $OUT and $1" >&2; exit 2; }
+      OUT=$1 ;;
+  esac
+  shift
+done
+[[ -n $OUT ]] || { echo "usage: bash bench/gpu_check.sh [--dry-run] [--tiny] [--steps LIST] OUT_DIR (see --help)" >&2; exit 2; }
+STEPS=(smoke modconv relation train train_e pytest report)
+for s in ${ONLY//,/ }; do
+  [[ " ${STEPS[*]} " == *" $s "* ]] || { echo "gpu_check: unknown step $s; steps are ${STEPS[*]}" >&2; exit 2; }
+done
+
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
-BUDGET=${GIFTNET_GPU_CHECK_BUDGET_S:-450}
-DRY=${GIFTNET_GPU_CHECK_DRY:-0}
-RESERVE=20 # seconds kept for the report at the end
+BUDGET=${GIFTNET_GPU_CHECK_BUDGET_S:-400}
+RESERVE=15 # seconds kept for the report and the archive
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+LOG=$OUT/gpu_check.log
+: >"$LOG"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-unset TRITON_INTERPRET # the kernels must compile for the device, not run in the interpreter
+export TRITON_CACHE_DIR="$WORK/triton_cache" TRITON_CACHE_AUTOTUNING=1 # xdist workers share compiles and tunings
+unset TRITON_INTERPRET                                                   # compile for the device
 cd "$REPO" || exit 2
 START=$(date +%s)
 FAILED=()
 INCOMPLETE=()
 
-log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$OUT/gpu_check.log"; }
+log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
 left() { echo $((BUDGET - ($(date +%s) - START))); }
+pack() { # the scratch folder (without the Triton cache) -> OUT/gpu_check.tar.gz, atomically
+  tar -czf "$WORK.tar.gz" -C "$WORK" --exclude=./triton_cache . 2>>"$LOG" && mv -f "$WORK.tar.gz" "$OUT/gpu_check.tar.gz"
+}
+finish() { pack; rm -rf "$WORK"; }
+trap finish EXIT
+trap 'log "interrupted"; exit 130' INT TERM
 
-# step NAME LIMIT_S CMD...: run CMD under timeout min(LIMIT_S, budget left - RESERVE), log to OUT/NAME.log.
+wanted() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
+
+# step NAME LIMIT_S CMD...: run CMD under `timeout -s INT` min(LIMIT_S, budget left - RESERVE),
+# output to WORK/NAME.log; its tail goes to the log. SIGINT first: pytest and Python print what
+# they have (a summary, a traceback), then SIGKILL 10 s later.
 step() {
   local name=$1 limit=$2 rc
   shift 2
+  wanted "$name" || return 0
   local avail=$(($(left) - RESERVE))
   ((limit > avail)) && limit=$avail
   if [[ $DRY == 1 ]]; then
-    log "would run $name (timeout ${limit}s): $*"
+    log "PLAN $name (limit ${limit}s): $*"
     return 0
   fi
   if ((limit < 10)); then
     log "SKIP $name: the ${BUDGET}s budget is spent"
     return 124
   fi
-  log "RUN $name (timeout ${limit}s): $*"
-  if command -v timeout >/dev/null; then
-    timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
-  else
-    "$@" >"$OUT/$name.log" 2>&1 # no coreutils timeout here: the step runs unbounded
-  fi
+  log "RUN $name (limit ${limit}s): $*"
+  timeout -s INT -k 10 "$limit" "$@" >"$WORK/$name.log" 2>&1
   rc=$?
-  tail -n 30 "$OUT/$name.log"
-  if ((rc == 124 || rc == 137)); then log "TIMEOUT $name after ${limit}s (partial output in $name.log)"; else log "END $name: exit $rc"; fi
+  tail -n 25 "$WORK/$name.log" | tee -a "$LOG" >/dev/null
+  if ((rc == 124 || rc == 137)); then log "TIMEOUT $name after ${limit}s (partial output kept)"; else log "END $name: exit $rc ($(($(date +%s) - START))s elapsed)"; fi
+  pack
   return $rc
 }
 
@@ -68,12 +118,12 @@ correctness() {
 
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')  git: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "python: $PY ($(command -v "$PY" || echo 'not found'))"
+  echo "python: $PY ($(command -v "$PY" || echo 'not found'))  plan: dry=$DRY tiny=$TINY steps=${ONLY:-all} budget=${BUDGET}s"
   if command -v nvidia-smi >/dev/null; then nvidia-smi; else echo "nvidia-smi: not found"; fi
   "$PY" - <<'EOF'
 import importlib, platform
 print("python", platform.python_version())
-for name in ("torch", "triton", "numpy", "PIL", "skimage", "matplotlib", "rich", "safetensors", "pytest", "nvidia.dali"):
+for name in ("torch", "triton", "numpy", "PIL", "skimage", "matplotlib", "rich", "safetensors", "pytest", "xdist", "nvidia.dali"):
     try:
         mod = importlib.import_module(name)
         print(f"{name} {getattr(mod, '__version__', '?')}")
@@ -88,46 +138,42 @@ if torch.cuda.is_available():
     print("device:", torch.cuda.get_device_name(), "capability", torch.cuda.get_device_capability(),
           "bf16", torch.cuda.is_bf16_supported(), "memory GiB", torch.cuda.get_device_properties(0).total_memory / 2**30)
 EOF
-} >"$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+} >"$WORK/env.txt" 2>&1
+tee -a "$LOG" <"$WORK/env.txt" >/dev/null
 
-have() { grep -q "^$1 " "$OUT/env.txt" && ! grep -q "^$1 MISSING" "$OUT/env.txt"; }
-if ! grep -q '^cuda available: True' "$OUT/env.txt"; then
-  log "no CUDA device (or no torch) for $PY: skipping the GPU correctness checks and GPU benchmarks"
-  log "(on a CPU machine run the suite and the --tiny benchmarks instead: pytest -q; python -m bench.train --tiny)"
-  [[ $DRY == 1 ]] || exit 0
-  log "dry run: the plan on a GPU machine would be:"
+have() { grep -q "^$1 " "$WORK/env.txt" && ! grep -q "^$1 MISSING" "$WORK/env.txt"; }
+CUDA=0
+grep -q '^cuda available: True' "$WORK/env.txt" && CUDA=1
+if ((CUDA == 0 && TINY == 0 && DRY == 0)); then
+  log "no CUDA device (or no torch) for $PY: nothing to measure at full size (use --tiny on a CPU)"
+  exit 0
 fi
 
-[[ -f bench/results/results.csv ]] && cp bench/results/results.csv "$OUT/results.csv"
-CSV="$OUT/results.csv"
+[[ -f bench/results/results.csv ]] && cp bench/results/results.csv "$WORK/results.csv"
+CSV="$WORK/results.csv"
+SIZE=()
+((TINY)) && SIZE=(--tiny)
+XDIST=()
+have xdist && XDIST=(-n 4) # four workers on one GPU overlap compiles and autotuning
+((TINY)) && XDIST=()
 
-if have pytest; then
-  correctness pytest 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda \
-    tests/test_masked_modconv_cuda.py tests/test_relation_cuda.py tests/test_loaders.py
-  correctness gpu_smoke 45 "$PY" -m bench.gpu_smoke --quick
-else
-  log "pytest is not installed for $PY: the GPU test modules cannot run; running bench.gpu_smoke (the same checks in plain Python)"
-  correctness gpu_smoke 80 "$PY" -m bench.gpu_smoke
-fi
-step train 150 "$PY" -m bench.train --json "$OUT/train.json" --csv "$CSV"
+correctness smoke 40 "$PY" -m bench.gpu_smoke --quick
+step modconv 90 "$PY" -m bench.kernels --only modconv ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/kernels_modconv.json" --csv "$CSV"
+step relation 35 "$PY" -m bench.kernels --only relation ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/kernels_relation.json" --csv "$CSV"
+step train 75 "$PY" -m bench.train --configs abc ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/train.json" --csv "$CSV"
 TRAIN_RC=$?
-step kernels_relation 50 "$PY" -m bench.kernels --only relation --json "$OUT/kernels_relation.json" --csv "$CSV"
-step kernels_modconv 100 "$PY" -m bench.kernels --only modconv --json "$OUT/kernels_modconv.json" --csv "$CSV"
-if ! have nvidia.dali; then
-  log "DALI is not installed for $PY: bench.data measures the PyTorch DataLoader only (its DALI row says skipped)"
-fi
-step data 40 "$PY" -m bench.data --json "$OUT/data.json"
-# bench.train rewrites its JSON after every segment, so a timed-out run still adds what it measured.
+step train_e 45 "$PY" -m bench.train --configs ae --rounds 1 ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/train_e.json" --csv "$CSV"
+TRAIN_E_RC=$?
+correctness pytest 85 "$PY" -m pytest -p no:cacheprovider -q -rfEs ${XDIST[@]+"${XDIST[@]}"} -m gpu \
+  --junitxml="$WORK/pytest.xml" tests/test_masked_modconv_cuda.py tests/test_relation_cuda.py
+# bench.train rewrites its JSON after every segment: a timed-out run still adds what it measured.
 ADD=()
-[[ -s "$OUT/data.json" ]] && ADD+=(--add "data=$OUT/data.json")
-if [[ $DRY != 1 && $TRAIN_RC != 0 && -s "$OUT/train.json" ]]; then
-  ADD+=(--add "train=$OUT/train.json") # partial rows of a timed-out run (a finished run appended itself)
-fi
-RESERVE=0 step report 60 "$PY" -m bench.report --results "$CSV" --out "$OUT/report" \
+[[ $DRY != 1 && $TRAIN_RC != 0 && -s "$WORK/train.json" ]] && ADD+=(--add "train=$WORK/train.json")
+[[ $DRY != 1 && $TRAIN_E_RC != 0 && -s "$WORK/train_e.json" ]] && ADD+=(--add "train=$WORK/train_e.json")
+RESERVE=0 step report 20 "$PY" -m bench.report --results "$CSV" --out "$WORK/report" \
   --aot-json bench/results/aot.json ${ADD[@]+"${ADD[@]}"}
 
-log "finished in $(($(date +%s) - START))s; outputs in $OUT"
+log "finished in $(($(date +%s) - START))s; outputs: $OUT/gpu_check.tar.gz and $LOG"
 ((${#INCOMPLETE[@]})) && log "INCOMPLETE (timed out, correctness unproven): ${INCOMPLETE[*]}"
 if ((${#FAILED[@]})); then
   log "FAILED correctness checks: ${FAILED[*]}"

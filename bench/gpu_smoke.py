@@ -1,14 +1,16 @@
 """GPU correctness check without pytest: each Triton kernel against its PyTorch reference on CUDA.
 
-The GPU machine we borrow has torch and Triton but no pytest, so tests/test_*_cuda.py cannot run
-there; this module repeats their core in plain Python, at awkward shapes and at the GiftNet
-shapes (E1-E4 of a 256x256 batch, batch reduced), in fp32, fp16 and bf16:
+The first step of bench/gpu_check.sh: seconds of plain Python that say whether the kernels are
+right on the device before any benchmark or the pytest suite runs (and that run where pytest is
+missing). The core of tests/test_*_cuda.py at a few awkward shapes and at the GiftNet shapes
+(E1-E4 of a 256x256 batch, batch reduced), in fp32, fp16 and bf16, with the masks, inputs and
+tolerances of kernels.testing:
 
 - masked_modconv2d (impl="triton"): output and the gradients of x, weight and style for one
   shared upstream gradient, against the reference run in fp64 on the same (cast) inputs;
-  tolerances of tests/test_masked_modconv_cuda.py (atol relative to the reference's magnitude);
+  atol relative to the reference's magnitude;
 - relation_map and relation_distill_loss (impl="triton"): value and student gradient against the
-  reference on the same inputs; tolerances of tests/test_relation_cuda.py;
+  reference on the same inputs;
 - one GiftNet training loss with modconv_impl/relation_impl "triton" against "reference" (fp32).
 
 Prints one line per check and exits 1 if any fails. Without CUDA it says so and exits 0 (the
@@ -27,35 +29,19 @@ from collections.abc import Callable
 
 import torch
 
-MODCONV_TOL = {torch.float32: (2e-3, 1e-2), torch.float16: (2e-3, 1e-2), torch.bfloat16: (1.5e-2, 3e-2)}
-RELATION_TOL = {torch.float32: (1e-5, 1e-4), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1e-2, 1.6e-2)}
+from kernels.testing import TOLERANCES, assert_close, make_mask, modconv_inputs
+
+MODCONV_TOL = TOLERANCES["modconv", "gpu"]
+RELATION_TOL = TOLERANCES["relation", "gpu"]
 GAMMA = 0.01
 # (batch, channels, height, width, mask, channels_last): awkward shapes, then the GiftNet sites.
 AWKWARD = [(1, 3, 5, 7, "full", False), (2, 17, 9, 13, "empty", True), (3, 48, 19, 37, "soft", False)]
 GIFTNET = [
-    (2, 32, 256, 256, "binary", True),
+    (2, 32, 256, 256, "blob", True),
     (2, 64, 128, 128, "soft", False),
-    (2, 128, 64, 64, "binary", True),
+    (2, 128, 64, 64, "blob", True),
     (2, 256, 32, 32, "soft", True),
 ]
-
-
-def _mask(kind: str, b: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
-    if kind == "full":
-        return torch.ones(b, 1, h, w)
-    if kind == "empty":
-        return torch.zeros(b, 1, h, w)
-    if kind == "soft":
-        return torch.rand(b, 1, h, w, generator=gen)
-    return (torch.rand(b, 1, h, w, generator=gen) > 0.6).float()
-
-
-def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> None:
-    """torch.testing.assert_close with atol relative to the expected tensor's largest magnitude."""
-    scale = max(1.0, want.detach().abs().max().item())
-    torch.testing.assert_close(
-        got.detach().to(want.dtype), want.detach(), atol=atol * scale, rtol=rtol, msg=lambda m: f"{name}: {m}"
-    )
 
 
 def check_modconv(shape: tuple, dtype: torch.dtype, device: str) -> None:
@@ -63,11 +49,8 @@ def check_modconv(shape: tuple, dtype: torch.dtype, device: str) -> None:
     from kernels.masked_modconv import masked_modconv2d, masked_modconv2d_reference
 
     b, c, h, w, kind, channels_last = shape
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(b, c, h, w, generator=gen)
-    weight = torch.randn(c, c, 3, 3, generator=gen) / (3.0 * c**0.5)
-    style = torch.rand(b, c, generator=gen) + 0.5
-    mask, dy = _mask(kind, b, h, w, gen), torch.randn(b, c, h, w, generator=gen)
+    t = modconv_inputs(b, c, h, w, kind, torch.Generator().manual_seed(0))
+    x, weight, style, mask, dy = (t[k] for k in ("x", "weight", "style", "mask", "dy"))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x, dy = x.contiguous(memory_format=fmt), dy.contiguous(memory_format=fmt)
     x, weight, style, mask, dy = (t.to(device, dtype) for t in (x, weight, style, mask, dy))
@@ -100,7 +83,7 @@ def check_relation(shape: tuple, dtype: torch.dtype, device: str) -> None:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     feat = torch.randn(b, c, h, w, generator=gen).contiguous(memory_format=fmt).to(device, dtype)
     teacher = torch.randn(b, c, h, w, generator=gen).to(device, dtype)
-    mask = _mask(kind, b, h, w, gen).to(device)
+    mask = make_mask(kind, b, h, w, gen).to(device)
     feat.requires_grad_(True)
     atol, rtol = RELATION_TOL[dtype]
     out, ref = relation_map(feat, mask, gamma=GAMMA, impl="triton"), relation_map_reference(feat, mask, gamma=GAMMA)

@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 from bench.common import append_results, csv_records, peaks, row_machine
+from giftnet.fileio import atomic_write_text
 
 BENCHES = {"modconv": "bench.kernels_modconv", "relation": "bench.kernels_relation"}
 METRICS = ("ms", "tflops", "gbps", "peak_fraction", "vs_eager", "vs_compile")
@@ -39,27 +40,37 @@ def normalise(bench: str, row: dict) -> dict:
     return out
 
 
-def run(tiny: bool, only: tuple[str, ...] = tuple(BENCHES)) -> list[dict]:
-    """Rows of every benchmark in `only`; a benchmark that cannot run gives one row with "error"."""
+def run(tiny: bool, only: tuple[str, ...] = tuple(BENCHES), on_rows=None) -> list[dict]:
+    """Rows of every benchmark in `only`; a benchmark that cannot run gives one row with "error".
+
+    on_rows(rows): called with each site's or level's normalised rows as soon as they are measured.
+    """
     rows: list[dict] = []
     for bench in only:
+
+        def measured(got: list[dict], bench=bench) -> None:
+            new = [normalise(bench, r) for r in got]
+            rows.extend(new)
+            if on_rows is not None:
+                on_rows(new)
+
         try:
             module = importlib.import_module(BENCHES[bench])
-            got = module.run(tiny)
+            module.run(tiny, on_row=measured)
         except Exception as err:  # report it and carry on with the other benchmark
             traceback.print_exception(err, file=sys.stderr)
             rows.append({"bench": bench, "error": f"{BENCHES[bench]}: {type(err).__name__}: {err}"[:300]})
             continue
-        rows.extend(normalise(bench, r) for r in got)
     return rows
 
 
 def record_csv(rows: list[dict], path: Path) -> None:
     """Append the figures to a results CSV: benchmark kernels_<bench>, config "where impl mode dtype"."""
     for bench in BENCHES:
-        mine = [r for r in rows if r["bench"] == bench and not r.get("error")]
+        mine = [r for r in rows if r.get("bench") == bench and not r.get("error")]
         keys = ("where", "impl", "mode", "dtype")
-        append_results(csv_records(f"kernels_{bench}", mine, keys, METRICS), path)
+        if mine:
+            append_results(csv_records(f"kernels_{bench}", mine, keys, METRICS), path)
 
 
 def _fmt(value, spec: str) -> str:
@@ -98,12 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", type=Path, help="append the figures to this results CSV")
     ap.add_argument("--only", choices=sorted(BENCHES), action="append", help="run only this benchmark")
     args = ap.parse_args(argv)
-    rows = run(args.tiny, tuple(args.only or BENCHES))
+    done: list[dict] = []
+
+    def on_rows(new: list[dict]) -> None:
+        """Keep what is measured even if a time limit stops the run: CSV rows appended, JSON rewritten."""
+        done.extend(new)
+        if args.csv:
+            record_csv(new, args.csv)
+        if args.json:
+            atomic_write_text(args.json, json.dumps(done, indent=1, default=str) + "\n")
+
+    rows = run(args.tiny, tuple(args.only or BENCHES), on_rows)
     _print(rows)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1, default=str) + "\n")
-    if args.csv:
-        record_csv(rows, args.csv)
+        atomic_write_text(args.json, json.dumps(rows, indent=1, default=str) + "\n")
     return 1 if rows and all(r.get("error") for r in rows) else 0
 
 

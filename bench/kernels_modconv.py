@@ -24,18 +24,17 @@ harness); Triton and torch.compile timings need a GPU and say so.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import kernel_bench_main, machine
+from bench.common import fair_baselines, kernel_bench_main, machine, time_ms
 from kernels.masked_modconv import masked_modconv2d_reference
+from kernels.testing import GIFTNET_SITES, TRAIN_BATCH, modconv_inputs
 
-SITES = {"E1": (32, 256), "E2": (64, 128), "E3": (128, 64), "E4": (256, 32), "D2": (64, 128), "D3": (32, 256)}
-BATCH = 16
+SITES = GIFTNET_SITES
+BATCH = TRAIN_BATCH
 TINY = {"batch": 2, "scale": 16}  # sides divided by 16: E1 is 32 ch at 16x16
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -74,7 +73,7 @@ def _impls(cuda: bool) -> dict[str, tuple[Callable, bool] | str]:
         impls["compile"] = "torch.compile timing " + msg
         impls["triton"] = impls["triton-cl"] = "Triton timing " + msg
         return impls
-    from kernels.masked_modconv_triton import masked_modconv2d_triton
+    from kernels.masked_modconv.autograd import masked_modconv2d_triton
 
     # One static graph per site (4 shapes): no dynamic-shape kernels, no recompile-limit fallback.
     dynamo = torch._dynamo.config
@@ -87,37 +86,10 @@ def _impls(cuda: bool) -> dict[str, tuple[Callable, bool] | str]:
     return impls
 
 
-def _time_ms(setup: Callable[[], object], timed: Callable[[object], object], reps: int, cuda: bool) -> float:
-    """Median milliseconds of timed(setup()); setup runs outside the clock. Warm-up first (autotune, compile)."""
-    for _ in range(3 if cuda else 1):
-        timed(setup())
-    times = []
-    for _ in range(reps):
-        state = setup()
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            timed(state)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            timed(state)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _inputs(batch: int, c: int, side: int, dt: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    return {
-        "x": torch.randn(batch, c, side, side, generator=gen).to(device, dt),
-        "weight": (torch.randn(c, c, 3, 3, generator=gen) / (3.0 * c**0.5)).to(device),
-        "style": (torch.rand(batch, c, generator=gen) + 0.5).to(device),
-        "mask": (torch.rand(batch, 1, side, side, generator=gen) > 0.6).float().to(device),
-        "dy": torch.randn(batch, c, side, side, generator=gen).to(device, dt),
-    }
+    """Seeded inputs with object-like masks (1-3 blobs over 5-50% of each image, not i.i.d. pixels)."""
+    t = modconv_inputs(batch, c, side, side, "blob", torch.Generator().manual_seed(0))
+    return {k: v.to(device, dt) if k in ("x", "dy") else v.to(device) for k, v in t.items()}
 
 
 def _mode_fns(fn: Callable, t: dict[str, torch.Tensor], channels_last: bool):
@@ -166,7 +138,8 @@ def _site_rows(site: str, shape: tuple[int, int, int], dt: torch.dtype, impls: d
             y_eager = y
         max_diff = (y - y_eager).abs().max().item()  # the implementations must agree
         for mode in MODES:
-            ms = _time_ms(*modes[mode], reps, cuda)
+            setup, timed = modes[mode]
+            ms = time_ms(timed, reps, setup)
             times[name, mode] = ms
             flop, nbytes = work[mode]
             rows.append(
@@ -191,9 +164,14 @@ def _site_rows(site: str, shape: tuple[int, int, int], dt: torch.dtype, impls: d
     return rows
 
 
-def run(tiny: bool, dtype: str | None = None, reps: int | None = None) -> list[dict]:
-    """One row per site, implementation and mode (fwd, bwd, fwd+bwd); see the module docstring."""
+def run(tiny: bool, dtype: str | None = None, reps: int | None = None, on_row=None) -> list[dict]:
+    """One row per site, implementation and mode (fwd, bwd, fwd+bwd); see the module docstring.
+
+    on_row(rows): called with each site's rows as soon as they are measured (a run cut short by
+    a time limit keeps what it measured).
+    """
     cuda = torch.cuda.is_available()
+    fair_baselines()
     dt = DTYPES[dtype or ("bf16" if cuda else "fp32")]
     reps = reps or (20 if cuda else 2)
     batch, scale = (TINY["batch"], TINY["scale"]) if tiny else (BATCH, 1)
@@ -201,8 +179,10 @@ def run(tiny: bool, dtype: str | None = None, reps: int | None = None) -> list[d
     impls = _impls(cuda)
     rows = []
     for site, (c, side) in SITES.items():
-        for row in _site_rows(site, (batch, c, side // scale), dt, impls, reps):
-            rows.append({**row, **info})
+        site_rows = [{**row, **info} for row in _site_rows(site, (batch, c, side // scale), dt, impls, reps)]
+        rows += site_rows
+        if on_row is not None:
+            on_row(site_rows)
     return rows
 
 

@@ -19,11 +19,12 @@ from collections.abc import Callable
 
 import torch
 
-from bench.common import kernel_bench_main, machine, median_ms, peaks
+from bench.common import fair_baselines, kernel_bench_main, machine, median_ms, peaks
 from kernels.relation import relation_distill_loss_reference
+from kernels.testing import TRAIN_BATCH, make_mask
 
 LEVELS = {"E1": (32, 256), "E2": (64, 128), "E3": (128, 64), "E4": (256, 32)}  # channels, side
-BATCH = 16
+BATCH = TRAIN_BATCH
 TINY = {"batch": 2, "scale": 16}  # sides divided by 16: E1 is 32 ch at 16x16
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GAMMA = 0.01
@@ -49,7 +50,7 @@ def _impls(cuda: bool) -> dict[str, Callable | str]:
         return impls
     # static shapes: each level gets its own specialised compile, as a training run would
     impls["compile"] = torch.compile(relation_distill_loss_reference, dynamic=False)
-    from kernels.relation_triton import relation_distill_loss_triton
+    from kernels.relation.autograd import relation_distill_loss_triton
 
     impls["triton"] = relation_distill_loss_triton
     return impls
@@ -73,7 +74,7 @@ def _level_rows(level: str, shape: tuple[int, int, int], dt: torch.dtype, impls:
     gen = torch.Generator(device="cpu").manual_seed(0)
     student = torch.randn(batch, c, side, side, generator=gen).to(device, dt).requires_grad_(True)
     teacher = torch.randn(batch, c, side, side, generator=gen).to(device, dt)
-    mask = (torch.rand(batch, 1, side, side, generator=gen) > 0.7).float().to(device)
+    mask = make_mask("blob", batch, side, side, gen).to(device)  # object-like: 1-3 blobs, 5-50% of the image
     base = {"level": level, "batch": batch, "channels": c, "side": side, "dtype": str(dt).removeprefix("torch.")}
     base["roofline_bytes"] = roofline_bytes(batch, c, side, dt)
     rows, times = [], {}
@@ -93,9 +94,11 @@ def _level_rows(level: str, shape: tuple[int, int, int], dt: torch.dtype, impls:
     return rows
 
 
-def run(tiny: bool, dtype: str | None = None, reps: int | None = None) -> list[dict]:
-    """One row per level and implementation; see the module docstring."""
+def run(tiny: bool, dtype: str | None = None, reps: int | None = None, on_row=None) -> list[dict]:
+    """One row per level and implementation; see the module docstring. on_row(rows) gets each
+    level's rows as soon as they are measured."""
     cuda = torch.cuda.is_available()
+    fair_baselines()
     dt = DTYPES[dtype or ("bf16" if cuda else "fp32")]
     reps = reps or (20 if cuda else 3)
     batch, scale = (TINY["batch"], TINY["scale"]) if tiny else (BATCH, 1)
@@ -104,11 +107,14 @@ def run(tiny: bool, dtype: str | None = None, reps: int | None = None) -> list[d
     impls = _impls(cuda)
     rows = []
     for level, (c, side) in LEVELS.items():
-        for row in _level_rows(level, (batch, c, side // scale), dt, impls, reps):
+        level_rows = _level_rows(level, (batch, c, side // scale), dt, impls, reps)
+        for row in level_rows:
             row.update(info, peak_gbps=peak)
             if row["ms"] is not None:
                 row["peak_fraction"] = round(row["gbps"] / peak, 3) if peak else "unknown GPU" if cuda else "n/a on CPU"
-            rows.append(row)
+        rows += level_rows
+        if on_row is not None:
+            on_row(level_rows)
     return rows
 
 

@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of Triton kernels for GPUs that are not present.
 
-Every kernel module lists the launches it may make as `AotSpec`s (one per autotune config
-and dtype). `compile_spec` compiles one for a target such as sm_86 (RTX 3090) and reads its
+Every kernel op registers the launches it may make as `AotSpec`s (one per autotune config,
+dtype and layout; kernels._dispatch.register_aot_specs). `compile_spec` compiles one for a target such as sm_86 (RTX 3090) and reads its
 static resources with the `cuobjdump` that ships with Triton: registers, stack (non-zero
 means register spills) and shared memory. This is how CI proves, without a GPU, that the
 code it tests under the interpreter compiles and fits the users' card.
@@ -34,6 +34,7 @@ class AotSpec:
     num_warps: int = 4
     num_stages: int = 3
     hot: bool = True  # a hot kernel must not spill
+    maxnreg: int | None = None  # register cap per thread (triton.Config.maxnreg)
     # Arguments Triton may specialise as multiples of 16 at launch (as it does for aligned
     # pointers, sizes and strides at the GiftNet shapes): that code differs, so it is compiled too.
     divisible: tuple[str, ...] = ()
@@ -79,7 +80,8 @@ def compile_spec(spec: AotSpec, arch: int) -> Resources:
     kernel = triton.compile(
         _ast_source(spec),
         target=GPUTarget("cuda", arch, 32),
-        options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+        options={"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+        | ({"maxnreg": spec.maxnreg} if spec.maxnreg else {}),
     )
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
@@ -101,19 +103,20 @@ def compile_spec(spec: AotSpec, arch: int) -> Resources:
     return Resources(spec.name, arch, field("REG"), field("STACK"), shared, field("LOCAL"))
 
 
+def config_tag(config: Any) -> str:
+    """Short name of a triton.Config for spec names: its meta-parameters, warps, stages, register cap."""
+    meta = ",".join(f"{k.removeprefix('BLOCK_')}{v}" for k, v in config.kwargs.items())
+    cap = f",r{config.maxnreg}" if getattr(config, "maxnreg", None) else ""
+    return f"{meta},w{config.num_warps},s{config.num_stages}{cap}"
+
+
 def all_specs() -> list[AotSpec]:
-    """Every launch of every Triton kernel in the package."""
-    import importlib
+    """Every launch of every Triton kernel op: each op registers its specs (kernels._dispatch)."""
+    from kernels._dispatch import aot_providers
 
     specs: list[AotSpec] = []
-    for module in ("kernels.masked_modconv_triton", "kernels.relation_triton"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                continue
-            raise
-        specs.extend(mod.aot_specs())
+    for provider in aot_providers().values():
+        specs.extend(provider())
     return specs
 
 

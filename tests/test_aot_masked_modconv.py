@@ -19,10 +19,9 @@ import pytest
 
 pytest.importorskip("triton")
 
-from kernels import masked_modconv_bwd as bwd
-from kernels import masked_modconv_fwd as fwd
 from kernels.aot import SM86_MAX_SHARED
-from kernels.masked_modconv_triton import aot_specs
+from kernels.masked_modconv import launch
+from kernels.masked_modconv.aot import aot_specs
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = (86, 90)
@@ -37,8 +36,8 @@ from concurrent.futures import ProcessPoolExecutor
 def compile_one(job):
     index, arch, specialized = job
     from kernels.aot import compile_spec
-    from kernels.masked_modconv_aot import compile_specialized
-    from kernels.masked_modconv_triton import aot_specs
+    from kernels.masked_modconv.aot import compile_specialized
+    from kernels.masked_modconv.aot import aot_specs
     spec = aot_specs()[index]
     name = spec.name + ("[div16]" if specialized else "")
     try:
@@ -49,7 +48,7 @@ def compile_one(job):
             "stack": r.stack, "local": r.local, "shared": r.shared}
 
 if __name__ == "__main__":
-    from kernels.masked_modconv_triton import aot_specs
+    from kernels.masked_modconv.aot import aot_specs
     archs = [int(a) for a in sys.argv[1].split(",")]
     specialized_dtypes = sys.argv[2].split(",")
     jobs = [(i, a, False) for i in range(len(aot_specs())) for a in archs]
@@ -71,8 +70,8 @@ def _spec_configs(prefix: str, keys: tuple[str, ...]) -> set[tuple]:
 def test_specs_list_every_autotune_config_in_every_dtype():
     """aot_specs() must cover each config the autotuners (and the interpreter fallback) can pick."""
     for prefix, tuned, keys in (
-        ("conv3x3_scale_blend", fwd._tuned, ("BLOCK_P", "BLOCK_O", "BLOCK_I")),
-        ("tap_correlation", bwd._tuned, ("BLOCK_O", "BLOCK_I", "BLOCK_P")),
+        ("conv3x3_scale_blend", launch._fwd_tuned, ("BLOCK_P", "BLOCK_O", "BLOCK_I")),
+        ("tap_correlation", launch._corr_tuned, ("BLOCK_O", "BLOCK_I", "BLOCK_P")),
     ):
         have = _spec_configs(prefix, keys)
         for cfg in tuned.configs:

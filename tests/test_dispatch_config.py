@@ -30,3 +30,55 @@ def test_configs_round_trip_and_refuse_unknown_fields():
     with pytest.raises(ValueError, match="distill"):
         LossConfig(distill="kl")
     assert not LossConfig(distill="none").uses_teacher
+
+
+def test_launch_helper_fixed_config_choice_pruning_and_aot_registry(monkeypatch):
+    """One launch helper: a forced config wins, else the interpreter's, else a pinned one in
+    deterministic mode (the first that fits C), else the autotuner; ops register their AOT specs."""
+    import triton
+
+    from kernels import _dispatch
+
+    narrow = triton.Config({"BLOCK_O": 32}, num_warps=4, num_stages=1)
+    wide = triton.Config({"BLOCK_O": 64}, num_warps=8, num_stages=3, maxnreg=128)
+    interp = triton.Config({"BLOCK_O": 16}, num_warps=4, num_stages=1)
+    calls = []
+
+    class Fake:  # stands for a JIT function (kernel[grid](...)) and an autotuner (tuned[grid](...))
+        def __init__(self, name):
+            self.name, self.configs = name, [wide, narrow]
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls.append((self.name, grid, args, kw))
+
+    kernel, tuned = Fake("kernel"), Fake("tuned")
+
+    def go(c):
+        calls.clear()
+        _dispatch.launch(
+            kernel,
+            tuned,
+            lambda meta: (meta["BLOCK_O"],),
+            7,
+            interpreter_config=interp,
+            channels=c,
+            tile_keys=("BLOCK_O",),
+        )
+        return calls[0]
+
+    monkeypatch.setattr(_dispatch, "interpreter_enabled", lambda: False)
+    assert go(32)[0] == "tuned"
+    with _dispatch.forced_launch(wide, chunk=5):
+        name, grid, args, kw = go(32)
+        assert (name, grid, args) == ("kernel", (64,), (7,)) and kw["maxnreg"] == 128 and kw["num_warps"] == 8
+        assert _dispatch.forced_param("chunk") == 5
+    assert _dispatch.forced_param("chunk") is None
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert go(32)[1] == (32,)  # the wide tile would only compute padding at C = 32
+    assert go(256)[1] == (64,)  # the first config, whatever the autotuner would pick
+    monkeypatch.setattr(_dispatch, "interpreter_enabled", lambda: True)
+    name, grid, _, kw = go(256)
+    assert grid == (16,) and "maxnreg" not in kw
+    prune = _dispatch.channel_pruner(("BLOCK_O",))
+    assert prune([wide, narrow], {"C": 17}) == [narrow] and prune([wide, narrow], {"C": 3}) == [wide]
+    assert set(_dispatch.aot_providers()) == {"masked_modconv2d", "relation"}

@@ -16,36 +16,18 @@ fp32: the reference in fp32, (2e-5, 1e-4). fp16: the fp32 reference of the fp16-
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+from modconv_cases import Case, assert_matches, make_inputs, run_both
 
+import kernels.testing
 from kernels import masked_modconv2d
-from kernels._dispatch import interpreter_enabled
+from kernels._dispatch import forced_launch, interpreter_enabled
 from kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
 
-TOLERANCES = {
-    torch.float32: (2e-5, 1e-4),
-    torch.float16: (2e-3, 1e-2),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    batch: int
-    channels: int
-    height: int
-    width: int
-    mask: str  # "empty", "full", "soft" (uniform in [0, 1]) or "hard" (random 0/1)
-    demodulate: bool
-    channels_last: bool
-
-    def __str__(self) -> str:
-        layout = "cl" if self.channels_last else "nchw"
-        demod = "demod" if self.demodulate else "nodemod"
-        return f"b{self.batch}-c{self.channels}-{self.height}x{self.width}-{self.mask}-{demod}-{layout}"
+TOLERANCES = kernels.testing.TOLERANCES["modconv", "interpreter"]
 
 
 FP32_CASES = (
@@ -69,50 +51,6 @@ FP16_CASES = (
 )
 
 
-def make_inputs(case: Case, dtype: torch.dtype, device: str | torch.device = "cpu"):
-    """x, weight, style, mask and one upstream gradient dy, all in `dtype` (weights near a GIFT init)."""
-    b, c, h, w = case.batch, case.channels, case.height, case.width
-    x = torch.randn(b, c, h, w)
-    weight = torch.randn(c, c, 3, 3) / (3.0 * c**0.5)
-    style = torch.rand(b, c) + 0.5
-    if case.mask == "empty":
-        mask = torch.zeros(b, 1, h, w)
-    elif case.mask == "full":
-        mask = torch.ones(b, 1, h, w)
-    elif case.mask == "soft":
-        mask = torch.rand(b, 1, h, w)
-    else:
-        mask = (torch.rand(b, 1, h, w) > 0.5).float()
-    dy = torch.randn(b, c, h, w)
-    if case.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-        dy = dy.contiguous(memory_format=torch.channels_last)
-    return [t.to(device=device, dtype=dtype) for t in (x, weight, style, mask, dy)]
-
-
-def run_both(case: Case, dtype: torch.dtype, ref_dtype: torch.dtype, device="cpu"):
-    """(kernel, reference) lists [y, dx, dweight, dstyle]; the reference runs on the same inputs cast to ref_dtype."""
-    x, weight, style, mask, dy = make_inputs(case, dtype, device)
-    leaves = [t.clone().requires_grad_(True) for t in (x, weight, style)]
-    y = masked_modconv2d(*leaves, mask, demodulate=case.demodulate, impl="triton")
-    y.backward(dy)
-    got = [y.detach()] + [t.grad for t in leaves]
-
-    ref_leaves = [t.detach().to(ref_dtype).requires_grad_(True) for t in (x, weight, style)]
-    y_ref = masked_modconv2d_reference(*ref_leaves, mask.to(ref_dtype), demodulate=case.demodulate)
-    y_ref.backward(dy.to(ref_dtype))
-    want = [y_ref.detach()] + [t.grad for t in ref_leaves]
-    return got, want
-
-
-def assert_matches(got, want, dtype: torch.dtype, atol: float, rtol: float) -> None:
-    for name, g, w in zip(("y", "dx", "dweight", "dstyle"), got, want, strict=True):
-        assert g is not None, f"{name} is missing"
-        assert g.dtype == dtype, f"{name} is {g.dtype}, expected {dtype}"
-        scale = max(1.0, w.abs().max().item())
-        torch.testing.assert_close(g.to(w.dtype), w, atol=atol * scale, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
-
-
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available() or not interpreter_enabled(),
     reason="interpreter tests run on CPU machines (TRITON_INTERPRET=1); GPUs run test_masked_modconv_cuda.py",
@@ -134,16 +72,18 @@ def test_forward_and_gradients_match_reference(dtype, atol, rtol, case):
 
 def test_small_tiles_cover_several_output_channel_tiles():
     """Forward and input-gradient launches with 2 output-channel tiles and 3 input-channel steps."""
-    from kernels.masked_modconv_fwd import conv3x3_scale_blend, pack_weight_forward, pack_weight_transposed
+    from kernels.masked_modconv.launch import conv3x3_scale_blend, pack_weight_forward, pack_weight_transposed
 
     x, weight, style, mask, dy = make_inputs(Case(2, 48, 7, 13, "soft", True, False), torch.float32)
     d = demodulation_coefficients(weight, style)
-    small = (64, 32, 16, 4, 1)
-    y = conv3x3_scale_blend(x, pack_weight_forward(weight, x.dtype), style, d, mask, x, config=small)
+    small = triton.Config({"BLOCK_P": 64, "BLOCK_O": 32, "BLOCK_I": 16}, num_warps=4, num_stages=1)
+    with forced_launch(small):
+        y = conv3x3_scale_blend(x, pack_weight_forward(weight, x.dtype), style, d, mask, x)
     torch.testing.assert_close(y, masked_modconv2d_reference(x, weight, style, mask), atol=2e-5, rtol=1e-4)
 
     # With the mirrored, transposed packing the same kernel is the adjoint: the input gradient.
-    dx = conv3x3_scale_blend(dy, pack_weight_transposed(weight, x.dtype), d, style, mask, dy, config=small)
+    with forced_launch(small):
+        dx = conv3x3_scale_blend(dy, pack_weight_transposed(weight, x.dtype), d, style, mask, dy)
     xs = x.clone().requires_grad_(True)
     masked_modconv2d_reference(xs, weight, style, mask).backward(dy)
     torch.testing.assert_close(dx, xs.grad, atol=2e-5, rtol=1e-4)
@@ -151,11 +91,12 @@ def test_small_tiles_cover_several_output_channel_tiles():
 
 def test_tap_correlation_with_several_chunks_and_tiles():
     """G summed over 3 pixel chunks (the last one partial), 2x2 channel tiles, vs an unfold formula."""
-    from kernels.masked_modconv_bwd import tap_correlation
+    from kernels.masked_modconv.launch import tap_correlation
 
     b, c, h, w = 1, 17, 17, 33
     x, _, _, mask, dy = make_inputs(Case(b, c, h, w, "soft", True, True), torch.float32)
-    corr = tap_correlation(dy, x, mask, chunks=3, config=(16, 16, 64, 4, 1))
+    with forced_launch(triton.Config({"BLOCK_O": 16, "BLOCK_I": 16, "BLOCK_P": 64}, num_warps=4, num_stages=1)):
+        corr = tap_correlation(dy, x, mask, chunks=3)
     xm = F.unfold(x * mask, 3, padding=1).view(b, c, 9, h * w)  # xm[b, i, k, p] = (x m)[b, i, p + off(k)]
     want = torch.einsum("bop,bikp->bkoi", (dy * mask).flatten(2), xm)
     torch.testing.assert_close(corr, want, atol=1e-4, rtol=1e-4)

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 import kernels
+from kernels._dispatch import forced_launch
 from kernels.relation import relation_distill_loss_reference, relation_map_reference
-from kernels.relation_triton import CONFIGS, forced_launch, relation_distill_loss_triton, relation_map_triton
+from kernels.relation.autograd import relation_distill_loss_triton, relation_map_triton
+from kernels.relation.launch import CONFIGS
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 GAMMA = 0.01

@@ -13,9 +13,8 @@ import dataclasses
 
 import torch
 
-from kernels import masked_modconv_bwd as bwd
-from kernels import masked_modconv_fwd as fwd
-from kernels.aot import AotSpec, Resources, compile_spec
+from kernels.aot import AotSpec, Resources, compile_spec, config_tag
+from kernels.masked_modconv import jit, launch
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -35,14 +34,15 @@ def _fwd_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
     unit_strides = {k: 1 for k, v in strides.items() if v == 1}
     return [
         AotSpec(
-            name=f"conv3x3_scale_blend[{t},{layout},P{p},O{o},I{i},w{w},s{s}]",
-            fn=fwd.conv3x3_scale_blend_kernel,
+            name=f"conv3x3_scale_blend[{t},{layout},{config_tag(cfg)}]",
+            fn=jit.conv3x3_scale_blend_kernel,
             signature=dict(sig),
-            constexprs={**unit_strides, "BLOCK_P": p, "BLOCK_O": o, "BLOCK_I": i},
-            num_warps=w,
-            num_stages=s,
+            constexprs={**unit_strides, **cfg.kwargs},
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            maxnreg=cfg.maxnreg,
         )
-        for p, o, i, w, s in fwd.CONFIGS
+        for cfg in launch.FWD_CONFIGS
     ]
 
 
@@ -61,18 +61,19 @@ def _corr_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
     unit_strides = {k: 1 for k, v in strides.items() if v == 1}
     return [
         AotSpec(
-            name=f"tap_correlation[{t},{layout},O{o},I{i},P{p},w{w},s{s}]",
-            fn=bwd.tap_correlation_kernel,
+            name=f"tap_correlation[{t},{layout},{config_tag(cfg)}]",
+            fn=jit.tap_correlation_kernel,
             signature=dict(sig),
-            constexprs={**unit_strides, "BLOCK_O": o, "BLOCK_I": i, "BLOCK_P": p},
-            num_warps=w,
-            num_stages=s,
+            constexprs={**unit_strides, **cfg.kwargs},
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            maxnreg=cfg.maxnreg,
         )
-        for o, i, p, w, s in bwd.CONFIGS
+        for cfg in launch.CORR_CONFIGS
     ]
 
 
-def modconv_aot_specs(layouts: tuple[str, ...] = ("nchw", "channels_last")) -> list[AotSpec]:
+def aot_specs(layouts: tuple[str, ...] = ("nchw", "channels_last")) -> list[AotSpec]:
     """Both kernels, every autotune config, fp32/fp16/bf16, in each layout."""
     specs: list[AotSpec] = []
     for dtype in DTYPES:

@@ -1,4 +1,4 @@
-"""Masked modulated-demodulated 3x3 convolution: the transformation at every GIFT site.
+"""Masked modulated-demodulated 3x3 convolution: argument checks and the pure-PyTorch reference.
 
     y = m * conv3x3(m * x, W''_b, padding=1) + (1 - m) * x
     W''_b[o, i, k] = W[o, i, k] * s[b, i] * d[b, o]
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from kernels._dispatch import load_triton_op, resolve_impl
 
 OP = "masked_modconv2d"
 
@@ -63,26 +61,3 @@ def masked_modconv2d_reference(
     if demodulate:
         y = y * demodulation_coefficients(weight, style, eps).to(y.dtype)[:, :, None, None]
     return m * y + (1 - m) * x
-
-
-def masked_modconv2d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    style: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    demodulate: bool = True,
-    eps: float = 1e-8,
-    impl: str = "auto",
-) -> torch.Tensor:
-    """m * conv3x3(m * x, W''_b) + (1 - m) * x with per-sample modulation by `style`.
-
-    x: (B, C, H, W); weight: (C, C, 3, 3); style: (B, C); mask: (B, 1, H, W) in [0, 1].
-    Gradients flow to x, weight and style; the mask is treated as a constant.
-    impl: "auto" (Triton on CUDA, reference elsewhere), "reference" or "triton".
-    """
-    check_modconv_args(x, weight, style, mask)
-    if resolve_impl(OP, impl, x, weight, style, mask) == "triton":
-        fn = load_triton_op(OP, "kernels.masked_modconv_triton", "masked_modconv2d_triton")
-        return fn(x, weight, style, mask, demodulate=demodulate, eps=eps)
-    return masked_modconv2d_reference(x, weight, style, mask.detach(), demodulate=demodulate, eps=eps)

@@ -1,4 +1,4 @@
-"""Foreground-background relation maps and the relation-distillation loss (paper eq. 3).
+"""Relation map and relation-distillation loss: argument checks and the pure-PyTorch references.
 
     f    = sum_i m_i F_i / sum_i m_i                       (masked mean foreground feature)
     R[i] = softmax_i(-gamma * ||f - F_i||^2)                (over all H*W pixels)
@@ -11,8 +11,6 @@ division is guarded), so every value stays finite.
 from __future__ import annotations
 
 import torch
-
-from kernels._dispatch import load_triton_op, resolve_impl
 
 AREA_EPS = 1e-6
 
@@ -52,40 +50,3 @@ def relation_distill_loss_reference(
     with torch.no_grad():
         r_teacher = relation_map_reference(teacher.detach(), mask, gamma=gamma)
     return (r_student - r_teacher).square().sum(dim=1).mean()
-
-
-def relation_map(feat: torch.Tensor, mask: torch.Tensor, *, gamma: float = 0.01, impl: str = "auto") -> torch.Tensor:
-    """Softmax over pixels of -gamma * ||f - F_i||^2; returns (B, H*W) fp32.
-
-    feat: (B, C, H, W); mask: (B, 1, H, W) in [0, 1] at the same size as feat.
-    """
-    check_relation_args("relation_map", feat, mask)
-    if resolve_impl("relation_map", impl, feat, mask) == "triton":
-        fn = load_triton_op("relation_map", "kernels.relation_triton", "relation_map_triton")
-        return fn(feat, mask.detach(), gamma=gamma)
-    return relation_map_reference(feat, mask.detach(), gamma=gamma)
-
-
-def relation_distill_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    gamma: float = 0.01,
-    impl: str = "auto",
-) -> torch.Tensor:
-    """Mean over the batch of sum_i (R_student - R_teacher)^2: an fp32 scalar.
-
-    Gradients reach the student only; the teacher (the frozen reconstruction branch) and the
-    mask are constants.
-    """
-    op = "relation_distill_loss"
-    check_relation_args(op, student, mask, "student")
-    if tuple(teacher.shape) != tuple(student.shape):
-        raise ValueError(f"{op}: teacher shape {tuple(teacher.shape)} must equal student shape {tuple(student.shape)}")
-    if teacher.device != student.device:
-        raise ValueError(f"{op}: teacher is on {teacher.device} but student is on {student.device}")
-    if resolve_impl(op, impl, student, teacher, mask) == "triton":
-        fn = load_triton_op(op, "kernels.relation_triton", "relation_distill_loss_triton")
-        return fn(student, teacher.detach(), mask.detach(), gamma=gamma)
-    return relation_distill_loss_reference(student, teacher.detach(), mask.detach(), gamma=gamma)

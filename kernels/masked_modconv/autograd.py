@@ -1,0 +1,144 @@
+"""Triton masked modulated-demodulated 3x3 convolution: autograd wrapper and public function.
+
+    y = m * d[b, o] * conv3x3(m * x * s[b, i], W) + (1 - m) * x
+
+Forward: one implicit-GEMM pass (kernels.masked_modconv.jit) with the style applied to the
+input tile as it is loaded and the demodulation, mask and blend in the epilogue; per-sample
+weights never exist. Backward: dx with the same kernel on the mirrored, transposed weights;
+dW and dstyle from the per-sample tap correlation G (`tap_correlation`) plus small
+fp32 torch math. Inputs in fp32, fp16 or bf16, accumulation and coefficients in fp32. fp32
+operands go through tl.dot's default TF32 on the GPU, as cuDNN convolutions do by default.
+NCHW and channels_last are both handled natively (strides are passed; no layout copies).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from kernels.masked_modconv.launch import (
+    conv3x3_scale_blend,
+    dense,
+    pack_weight_forward,
+    pack_weight_transposed,
+    tap_correlation,
+)
+from kernels.masked_modconv.reference import demodulation_coefficients
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# Registered as torch custom ops (forward and backward), so torch.compile of a whole model
+# treats each as one opaque node with a fake (shape-only) implementation: no graph break at the
+# kernel, and the Python around the launches (layout checks, autotuning) never gets traced.
+@torch.library.custom_op("giftnet::masked_modconv2d", mutates_args=())
+def _forward_op(x: Tensor, weight: Tensor, style: Tensor, mask: Tensor, demodulate: bool, eps: float) -> Tensor:
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"masked_modconv2d: x must be fp32, fp16 or bf16, got {x.dtype}")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = dense(x)
+        m = dense(mask.detach().to(x.dtype))
+        s = style.detach().float().contiguous()
+        d = _demod(weight, s, demodulate, eps)
+        return conv3x3_scale_blend(x, pack_weight_forward(weight, x.dtype), s, d, m, x)
+
+
+def _like(x: Tensor) -> Tensor:
+    """An empty tensor shaped as the kernels write their results for x: x's dtype and layout."""
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.empty_like(x, memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+@_forward_op.register_fake
+def _(x, weight, style, mask, demodulate, eps):
+    return _like(x)
+
+
+@torch.library.custom_op("giftnet::masked_modconv2d_backward", mutates_args=())
+def _backward_op(
+    dy: Tensor, x: Tensor, weight: Tensor, style: Tensor, mask: Tensor, demodulate: bool, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dstyle) in the dtypes of x, weight and style."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = dense(x)
+        m = dense(mask.detach().to(x.dtype))
+        dy = dense(dy.to(x.dtype))
+        s = style.detach().float().contiguous()
+        d = _demod(weight, s, demodulate, eps)
+        dx = conv3x3_scale_blend(dy, pack_weight_transposed(weight, x.dtype), d, s, m, dy)
+        corr = tap_correlation(dy, x, m)
+        dw, ds = weight_style_grads(corr, weight, s, d if demodulate else None)
+        return dx, dw.to(weight.dtype).contiguous(), ds.to(style.dtype).contiguous()
+
+
+@_backward_op.register_fake
+def _(dy, x, weight, style, mask, demodulate, eps):
+    return _like(x), torch.empty_like(weight), torch.empty_like(style)
+
+
+def _demod(weight: Tensor, s: Tensor, demodulate: bool, eps: float) -> Tensor:
+    if demodulate:
+        return demodulation_coefficients(weight.detach(), s, eps).contiguous()
+    return torch.ones_like(s)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, style, mask, demodulate, eps = inputs
+    ctx.save_for_backward(x, weight, style, mask)
+    ctx.demodulate, ctx.eps = demodulate, eps
+
+
+def _backward(ctx, dy):
+    """Gradients for x, weight and style; the mask is a constant."""
+    x, weight, style, mask = ctx.saved_tensors
+    dx, dw, ds = _backward_op(dy, x, weight, style, mask, ctx.demodulate, ctx.eps)
+    need_x, need_w, need_s = ctx.needs_input_grad[:3]
+    return dx if need_x else None, dw if need_w else None, ds if need_s else None, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def masked_modconv2d_triton(
+    x: Tensor,
+    weight: Tensor,
+    style: Tensor,
+    mask: Tensor,
+    *,
+    demodulate: bool = True,
+    eps: float = 1e-8,
+) -> Tensor:
+    """Fused m * conv3x3(m * x, W''_b) + (1 - m) * x; arguments as `kernels.masked_modconv2d`.
+
+    Shapes are validated by the public function; the result has x's dtype and memory format.
+    Runs as the custom op torch.ops.giftnet.masked_modconv2d (gradients by its backward op).
+    """
+    return _forward_op(x, weight, style, mask.detach(), bool(demodulate), float(eps))
+
+
+def weight_style_grads(
+    corr: torch.Tensor,
+    weight: torch.Tensor,
+    style: torch.Tensor,
+    d: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dW (C, C, 3, 3) and dstyle (B, C) in fp32 from G (B, 9, C, C), with d = None when not demodulating.
+
+    u = conv(x m s, W) and y = m d u + (1 - m) x give, with W9[k, o, i] = W[o, i, k]:
+      dW[o,i,k]   = sum_b d s G - W sum_b t s^2         t[b, o] = d^3 sum_p g u = d^3 sum_{i,k} W s G
+      dstyle[b,i] = sum_{o,k} d W G - s sum_o t sum_k W^2
+    """
+    w9 = weight.detach().float().permute(2, 3, 0, 1)  # (3, 3, O, I) viewed as (9, O, I) below
+    w9 = w9.reshape(9, *w9.shape[2:])
+    s = style.detach().float()
+    wg = (corr * w9).sum(1)  # (B, O, I): sum_k W G
+    if d is None:
+        dstyle = wg.sum(1)
+        dweight = torch.einsum("bkoi,bi->koi", corr, s)
+    else:
+        dstyle = torch.einsum("boi,bo->bi", wg, d)
+        dweight = torch.einsum("bkoi,boi->koi", corr, d[:, :, None] * s[:, None, :])
+        t = (wg * s[:, None, :]).sum(-1) * d.pow(3)  # (B, O)
+        dstyle = dstyle - s * (t @ w9.square().sum(0))
+        dweight = dweight - w9 * (t.t() @ s.square())[None]
+    return dweight.reshape(3, 3, *dweight.shape[1:]).permute(2, 3, 0, 1), dstyle
