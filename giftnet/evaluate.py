@@ -35,6 +35,7 @@ from rich.table import Table
 from rich.text import Text
 from torch import nn
 
+from giftnet.allocator import configure_allocator
 from giftnet.errors import UsageError
 from giftnet.fileio import atomic_write_bytes
 from giftnet.metrics import image_metrics, to_255
@@ -263,6 +264,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_allocator()
     args = build_parser().parse_args(argv)
     console = Console()
     try:
