@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             for setting in order:
                 results.setdefault(("step", setting), []).append(_step_run(args.steps, setting))
                 results.setdefault(("evaluate", setting), []).append(_eval_run(data, weights, setting))
-                print(setting, {k: v[-1] for k, v in results.items() if k[1] == setting}, flush=True)
+                print(setting, json.dumps({k[0]: v[-1] for k, v in results.items() if k[1] == setting}), flush=True)
     load_after = os.getloadavg()
     info = {"cpu": cpu_name(), "cores": os.cpu_count()}
     lines = [
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (2 cores shared with other jobs). "
         f"{args.rounds} rounds, settings alternating; `python -m bench.malloc --rounds {args.rounds} --steps {args.steps}`.",
         "",
-        "| workload | setting | wall | user CPU | sys CPU | speed-up vs default |",
-        "|---|---|---|---|---|---|",
+        "| workload | setting | wall | user CPU | sys CPU | wall speed-up | CPU-time speed-up |",
+        "|---|---|---|---|---|---|---|",
     ]
     for work in ("step", "evaluate"):
         base = _mean(results[(work, "default")], "wall_s")
