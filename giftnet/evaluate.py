@@ -36,6 +36,7 @@ from rich.table import Table
 from rich.text import Text
 from torch import nn
 
+from giftnet.allocator import configure_allocator
 from giftnet.choices import BACKENDS
 from giftnet.errors import UsageError, run_cli
 from giftnet.fileio import InputGuard, atomic_write_text, output_errors
@@ -292,6 +293,7 @@ def _guard_outputs(args: argparse.Namespace, pairs: Sequence[Pair]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_allocator()
     args = build_parser().parse_args(argv)
     return run_cli("evaluate", lambda: _main(args))
 

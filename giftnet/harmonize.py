@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from giftnet.allocator import configure_allocator
 from giftnet.errors import UsageError, run_cli
 from giftnet.fileio import InputGuard, check_regular_file, output_errors
 from giftnet.imagenet import normalise, to_255
@@ -247,11 +248,24 @@ def _folder_jobs(image: Path, mask: Path, out: Path) -> list[Job]:
     return [Job(images[s], masks[s], out / f"{s}.png") for s in images]
 
 
+SHIPPED_WEIGHTS = "giftnet-realphoto-fp16.safetensors"  # giftnet/data/: see MODEL_CARD.md
+
+
+def shipped_weights() -> Path:
+    """The weights shipped with the package: GiftNet trained on real photos (MODEL_CARD.md)."""
+    return Path(__file__).resolve().parent / "data" / SHIPPED_WEIGHTS
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m giftnet.harmonize", description=__doc__.splitlines()[0])
     p.add_argument("--image", type=Path, required=True, help="composite image, or a folder of them")
     p.add_argument("--mask", type=Path, required=True, help="foreground mask, or a folder (matched by stem)")
-    p.add_argument("--weights", type=Path, required=True, help="GiftNet weights (.safetensors)")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="GiftNet weights (.safetensors; default: the shipped model, MODEL_CARD.md)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output image, or a folder (writes STEM.png)")
     p.add_argument("--size", type=int, default=256, help="network resolution in the default mode")
     p.add_argument("--full-res", action="store_true", help="run the network at the image size (padded to x8)")
@@ -280,6 +294,7 @@ def _run(job: Job, model: nn.Module, args: argparse.Namespace, device: torch.dev
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_allocator()
     args = build_parser().parse_args(argv)
     return run_cli("harmonize", lambda: _main(args))
 
@@ -287,10 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.size < 8 or args.size % 8:
         raise InputError(f"--size must be a positive multiple of 8, got {args.size}")
-    jobs = plan_jobs(args.image, args.mask, args.out, args.weights)
+    weights = args.weights or shipped_weights()  # the shipped model when no --weights
+    jobs = plan_jobs(args.image, args.mask, args.out, weights)
     device = check_device(args.device)
     autocast_context(device, args.precision)  # refuse an unsupported precision before loading anything
-    model = load_model(args.weights, device)
+    model = load_model(weights, device)
     for job in jobs:
         start = time.perf_counter()
         shape = _run(job, model, args, device)

@@ -1,7 +1,7 @@
 """`python -m pipeline.synth`: a small iHarmony4-layout dataset made from real photos, the demo's default data.
 
-Each real image is a random crop of a photo (scikit-image's bundled photographs by default, or a
-folder such as lalonde-efros/photos); each gets 1-2 object masks (annotated when the folder has them,
+Each real image is a random crop of a photo (the real photos shipped in pipeline/data/lalonde_efros
+by default, or a folder such as the Lalonde-Efros photos of the iHarmony4 repository); each gets 1-2 object masks (annotated when the folder has them,
 else procedural) and each mask 1-2 composites whose foreground colour is changed by one of the
 iHarmony4 or ccHarmony kinds in pipeline.colour. Composite and real differ only inside the mask;
 both are saved as JPEG (quality 95, 4:4:4), so outside the mask they differ only in the 8x8 JPEG
@@ -23,11 +23,19 @@ from pipeline.ihd import COMPOSITE_DIR, MASK_DIR, REAL_DIR
 from pipeline.images import JPEG_QUALITY, write_jpeg, write_mask
 from pipeline.layout import fingerprint, finish_subset, manifest_complete, read_manifest, scratch_subset, write_list
 from pipeline.synth_masks import random_mask
-from pipeline.synth_sources import Photo, folder_photos, load_photo, skimage_photos, source_files, split_photos
+from pipeline.synth_sources import (
+    Photo,
+    bundled_folder,
+    bundled_photos,
+    folder_photos,
+    load_photo,
+    source_files,
+    split_photos,
+)
 
 PROG = "python -m pipeline.synth"
 SUBSET = "HSynth"
-SYNTH_VERSION = 2
+SYNTH_VERSION = 3
 FMSE_RANGE = (100.0, 6000.0)  # accepted foreground MSE (0-255 scale); iHarmony4's composites average ~1387
 REF_SIZE = 64  # side of the reference crops whose colour statistics a transfer moves toward
 MAX_ASPECT = 1.5
@@ -129,11 +137,10 @@ def _write_split(
 
 
 def _params(n_train: int, n_test: int, size: int, seed: int, source: Path | None) -> dict:
-    source_id = "skimage" if source is None else str(Path(source).resolve())
+    source_id = "bundled" if source is None else str(Path(source).resolve())
     params = {"builder": "synth", "version": SYNTH_VERSION, "n_train": n_train, "n_test": n_test, "size": size}
     params |= {"seed": seed, "source": source_id, "jpeg_quality": JPEG_QUALITY}
-    if source is not None:
-        params["inputs"] = fingerprint(source_files(Path(source)))
+    params["inputs"] = fingerprint(source_files(bundled_folder() if source is None else Path(source)))
     return params
 
 
@@ -155,7 +162,7 @@ def build_demo_dataset(
     existing = read_manifest(out / SUBSET)
     if existing is not None and existing.get("params") == params and manifest_complete(out / SUBSET, existing):
         return out
-    photos = skimage_photos() if source is None else folder_photos(Path(source))
+    photos = folder_photos(bundled_folder() if source is None else Path(source))
     by_split = split_photos(photos)
     out.mkdir(parents=True, exist_ok=True)
     records = ["composite,split,photo,mask,change,fmse"]
@@ -186,7 +193,7 @@ def upscaled_photos(photos: list[Photo], size: int) -> tuple[list[str], list[str
 
 
 def _warn_upscaling(source: Path | None, size: int) -> None:
-    photos = skimage_photos() if source is None else folder_photos(Path(source))
+    photos = bundled_photos() if source is None else folder_photos(Path(source))
     regions = [p for split in split_photos(photos).values() for p in split]
     always, sometimes = upscaled_photos(regions, size)
     if always:
@@ -219,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: `python -m pipeline.synth --out DIR [--source FOLDER] [--n-train N ...]`."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="dataset root to write (HSynth/ inside)")
-    parser.add_argument("--source", type=Path, help="photos: images/NAME.jpg (+ masks/NAME.png) or a flat folder")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="photos: images/NAME.jpg (+ masks/NAME.png) or a flat folder (default: the shipped photos)",
+    )
     parser.add_argument("--n-train", type=int, default=512, help="training pairs (default 512)")
     parser.add_argument("--n-test", type=int, default=128, help="test pairs (default 128)")
     parser.add_argument("--size", type=int, default=256, help="short side of each image in pixels (default 256)")

@@ -1,11 +1,12 @@
-"""Photos for the demo dataset: scikit-image's bundled photographs, or a folder of photos (with masks).
+"""Photos for the demo dataset: the real photos shipped in pipeline/data, or a folder of photos (with masks).
 
-scikit-image ships a few real photographs inside its wheel (no download): astronaut, chelsea, coffee,
-rocket and the Middlebury motorcycle stereo pair. Photos are grouped (the two motorcycle views are
-one group). With many groups, whole groups go to train or test, so test pairs come from photos
-training never saw. With few (the bundled five), holding out whole photos leaves too little to
-learn from, so each photo is cut in two along its long side: test pairs are cropped from the last
-30%, training pairs from the rest, and no pixel of a test image is ever seen in training.
+The package ships 300 outdoor photographs of the Lalonde-Efros set (iHarmony4 repository, MIT), each
+with its annotated object mask (pipeline/data/lalonde_efros/SOURCE.txt). Photos are grouped (a
+group is one photo unless a source says otherwise). With many groups, whole groups go to train or
+test, so test pairs come from photos training never saw. With few (a user's small folder), holding
+out whole photos leaves too little to learn from, so each photo is cut in two along its long side:
+test pairs are cropped from the last 30%, training pairs from the rest, and no pixel of a test
+image is ever seen in training.
 """
 
 from __future__ import annotations
@@ -41,28 +42,19 @@ def _tag(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-") or "photo"
 
 
-def _skimage_photo(name: str) -> np.ndarray:
-    from skimage import data
-
-    if name.startswith("motorcycle_"):
-        left, right, _ = data.stereo_motorcycle()
-        return np.ascontiguousarray(left if name.endswith("left") else right)
-    return np.ascontiguousarray(getattr(data, name)())
+BUNDLED = "lalonde_efros"  # pipeline/data/BUNDLED: images/NAME.jpg + masks/NAME.png (see SOURCE.txt there)
 
 
-SKIMAGE_PHOTOS = {
-    "astronaut": "astronaut",
-    "chelsea": "chelsea",
-    "coffee": "coffee",
-    "rocket": "rocket",
-    "motorcycle_left": "motorcycle",
-    "motorcycle_right": "motorcycle",
-}
+def bundled_folder() -> Path:
+    """The folder of real photos shipped with the package (300 Lalonde-Efros photos, 160 px, with masks)."""
+    from importlib import resources
+
+    return Path(str(resources.files("pipeline") / "data" / BUNDLED))
 
 
-def skimage_photos() -> list[Photo]:
-    """The colour photographs bundled in scikit-image's wheel (each loads offline)."""
-    return [Photo(_tag(n), g, functools.partial(_skimage_photo, n)) for n, g in SKIMAGE_PHOTOS.items()]
+def bundled_photos() -> list[Photo]:
+    """The shipped real photos with their annotated object masks (they load offline)."""
+    return folder_photos(bundled_folder())
 
 
 def folder_photos(folder: Path) -> list[Photo]:

@@ -41,10 +41,14 @@ def restart_count() -> int:
 def shutdown(ok: bool = True) -> None:
     """Leave the process group. After an error, leave without the final barrier: the other ranks
     may be inside another collective, and waiting for them would last until the timeout."""
-    if dist.is_initialized():
-        if ok:
-            dist.barrier()
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if not ok:
+        # The process is about to exit; destroying a gloo group whose peer died can block forever
+        # (seen when torchrun restarts a group after a SIGKILLed worker), so leave it to the exit.
+        return
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 class Agreement:
