@@ -18,7 +18,8 @@ from pathlib import Path
 from giftnet.errors import UsageError, WeightsError, run_cli
 from giftnet.fileio import check_regular_file, refuse_overwrite_input
 from giftnet.model import GiftNet
-from giftnet.training.checkpoint import latest_checkpoint, read_metadata
+from giftnet.training.checkpoint import read_metadata
+from giftnet.training.runfolder import RunFolder
 from giftnet.weights import load_state_checked, parse_model_config, save_weights
 
 ROLE_OF_STAGE = {"reconstruction": "teacher", "harmonization": "model"}
@@ -27,7 +28,7 @@ ROLE_OF_STAGE = {"reconstruction": "teacher", "harmonization": "model"}
 def find_checkpoint(source: Path) -> Path:
     """`source` itself, or the newest checkpoint of the run folder `source`."""
     if source.is_dir():
-        newest = latest_checkpoint(source)
+        newest = RunFolder(source).latest_checkpoint()
         if newest is None:
             raise UsageError(f"{source}: no ckpt-*.safetensors in this folder (is it a run folder?)")
         return newest

@@ -13,7 +13,8 @@ import torch
 from giftnet.config import ModelConfig
 from giftnet.export import main
 from giftnet.model import build_model, build_teacher
-from giftnet.training.checkpoint import Progress, checkpoint_name, save_checkpoint
+from giftnet.training.checkpoint import Progress, save_checkpoint
+from giftnet.training.runfolder import checkpoint_name
 from giftnet.weights import load_weights, read_role, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
