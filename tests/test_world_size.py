@@ -9,6 +9,7 @@ then agree to floating-point tolerance (gradients are summed in another order), 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ import torch
 from safetensors.torch import load_file
 
 from giftnet.training.cli import main
+from giftnet.training.config import TrainConfig
+from giftnet.training.loop import Context, build_stage_model
 from pipeline.augment import epoch_batches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,10 +125,17 @@ def test_resume_on_another_world_size_ends_like_an_unbroken_run(stopped_with_two
     done = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resumed harmonization" in done.stdout
-    for name in ("teacher.safetensors", "model.safetensors"):
+    # Parameters within 3% of the training update, as in the two-process DDP test: ranks sum in
+    # another order, and an L1 sign or ReLU flipped by rounding moves a few weights by ~1e-5.
+    # A sample seen twice or skipped, or a lost optimizer state, moves them by about a whole step.
+    ctx = Context(TrainConfig.from_dict(json.loads((unbroken / "config.json").read_text())), torch.device("cpu"))
+    for stage, name in (("reconstruction", "teacher.safetensors"), ("harmonization", "model.safetensors")):
+        init = build_stage_model(ctx, stage).state_dict()
         a, b = load_file(unbroken / name), load_file(out / name)
-        for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k, n=name: f"{n} {k}: {m}")
+        keys = [k for k in a if a[k].is_floating_point() and "running" not in k]
+        gap = torch.cat([(b[k] - a[k]).flatten() for k in keys]).norm()
+        update = torch.cat([(a[k] - init[k].float()).flatten() for k in keys]).norm()
+        assert gap <= 0.03 * update, f"{name}: resumed run differs by {gap:.3g}, the update is {update:.3g}"
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from giftnet.training.config import TrainConfig
 from giftnet.training.distributed import restart_count
 from giftnet.training.loop import TEACHER_FILE
 from giftnet.training.precision import apex_available, cpu_supports
+from giftnet.training.runfolder import LOCK_FILE, RunFolder
 from giftnet.weights import check_role, load_state_checked, read_model_config
 from kernels._dispatch import interpreter_enabled, triton_installed
 
@@ -109,6 +110,10 @@ def check_run_folder(run: Path, resume: bool) -> None:
     """The run folder must be a folder we can create or write; a new run must not reuse another's."""
     if run.exists() and not run.is_dir():
         raise UsageError(f"--out {run}: exists and is not a folder")
+    if (run / LOCK_FILE).is_file():  # another trainer at work here is the message that matters
+        folder = RunFolder(run)
+        folder.lock()  # UsageError naming the holder's pid; else released at once
+        folder.unlock()
     if not resume and run.is_dir() and any(run.glob("ckpt-*.safetensors")):
         raise UsageError(f"{run} already holds checkpoints: pass --resume {run} to continue, or another --out")
     existing = run
