@@ -12,7 +12,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,25 +21,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
-    "PYTHONPATH": str(ROOT),
-    "OMP_NUM_THREADS": "1",
-    "GLOO_SOCKET_IFNAME": "lo",
-}
+from tests.train_helpers import ENV as HELPER_ENV
+from tests.train_helpers import ROOT, build_tiny_data, free_port
 
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ENV = HELPER_ENV | {"GLOO_SOCKET_IFNAME": "lo", "TP_SOCKET_IFNAME": "lo"}  # sockets on the loopback only
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from pipeline.synth import build_demo_dataset
-
-    return build_demo_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_test=4, size=40, seed=0)
+    return build_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def torchrun(data: Path, out: Path, restarts: int) -> list[str]:
@@ -49,7 +38,7 @@ def torchrun(data: Path, out: Path, restarts: int) -> list[str]:
         # c10d rendezvous, as for elastic jobs: each restart gets a fresh round of the store. With the
         # static one (--master-addr/--master-port) a restarted rank can read the dead group's gloo
         # address from the store and fail to connect (seen here, torch 2.13).
-        "--monitor-interval", "0.2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_loopback_port()}",
+        "--monitor-interval", "0.2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
         "--local-addr", "127.0.0.1",
         str(ROOT / "train.py"), "--data", str(data), "--out", str(out), "--epochs", "2", "--teacher-epochs", "1",
         "--batch-size", "4", "--crop-size", "32", "--eval-size", "32", "--base-channels", "8", "--log-every", "1",

@@ -9,8 +9,6 @@ weights as a single process with batch 4, and only global rank 0 may write to th
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,29 +18,17 @@ import torch
 from safetensors.torch import load_file
 
 from giftnet.training.cli import main
+from tests.train_helpers import ENV as HELPER_ENV
+from tests.train_helpers import ROOT, build_tiny_data, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 # Every socket of the test stays on the loopback interface: the rendezvous endpoint, the address
 # each agent advertises (--local-addr) and gloo's own interface.
-ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
-    "PYTHONPATH": str(ROOT),
-    "OMP_NUM_THREADS": "1",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "TP_SOCKET_IFNAME": "lo",
-}
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ENV = HELPER_ENV | {"GLOO_SOCKET_IFNAME": "lo", "TP_SOCKET_IFNAME": "lo"}  # sockets on the loopback only
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from pipeline.synth import build_demo_dataset
-
-    return build_demo_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_test=4, size=40, seed=0)
+    return build_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def train_args(data: Path, out: Path) -> list[str]:
@@ -70,7 +56,7 @@ def test_two_nodes_of_two_ranks_match_one_process(tiny_data, tmp_path):
     single_out, multi_out = tmp_path / "single", tmp_path / "multi"
     assert main(train_args(tiny_data, single_out)) == 0
 
-    port = free_loopback_port()
+    port = free_port()
     logs = [tmp_path / f"node{i}.log" for i in range(2)]
     nodes = [start_node(port, i, train_args(tiny_data, multi_out), logs[i]) for i in range(2)]
     try:

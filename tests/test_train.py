@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,8 @@ from giftnet.training.cli import main
 from giftnet.training.config import TrainConfig
 from giftnet.training.loop import Context, build_stage_model
 from giftnet.training.precision import cpu_supports
-from tests.train_helpers import free_port
+from tests.train_helpers import assert_same_weights, free_port, wait_for
+from tests.train_helpers import start_train_py as start
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
@@ -41,29 +41,6 @@ def args(data: Path, out: Path, *extra: str) -> list[str]:
         "--crop-size", "32", "--eval-size", "32", "--base-channels", "8", "--ckpt-every", "2", "--log-every", "2",
         "--backend", "torch", "--workers", "0", "--eval-every", "0", *extra,
     ]  # fmt: skip
-
-
-def start(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], env=ENV, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-
-
-def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while not list(folder.glob(pattern)):
-        if proc.poll() is not None:
-            pytest.fail(f"trainer ended before {pattern} appeared:\n{proc.stdout.read()}")
-        if time.monotonic() > end:
-            proc.kill()
-            pytest.fail(f"no {pattern} within {timeout} s")
-        time.sleep(0.01)
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(a), load_file(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), f"{k} differs between {a} and {b}"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,13 +28,10 @@ from giftnet.training.cli import main
 from giftnet.training.config import TrainConfig
 from giftnet.training.loop import Context, build_stage_model
 from pipeline.augment import epoch_batches
+from tests.train_helpers import ENV as HELPER_ENV
+from tests.train_helpers import ROOT, build_tiny_data, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
-    "PYTHONPATH": str(ROOT),
-    "OMP_NUM_THREADS": "1",
-    "GLOO_SOCKET_IFNAME": "lo",
-}
+ENV = HELPER_ENV | {"GLOO_SOCKET_IFNAME": "lo", "TP_SOCKET_IFNAME": "lo"}  # sockets on the loopback only
 
 
 @pytest.mark.parametrize("num_pairs", [16, 17, 23])
@@ -63,17 +59,9 @@ def test_global_batches_do_not_depend_on_the_world_size(num_pairs, world_size):
     assert len(set(seen.tolist())) == len(seen) == num_pairs - num_pairs % global_batch
 
 
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from pipeline.synth import build_demo_dataset
-
-    return build_demo_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_test=4, size=40, seed=0)
+    return build_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def train_args(data: Path, out: Path) -> list[str]:
@@ -86,7 +74,7 @@ def train_args(data: Path, out: Path) -> list[str]:
 
 def torchrun(nproc: int, argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-            "127.0.0.1", "--master-port", str(free_loopback_port()), str(ROOT / "train.py"), *argv]  # fmt: skip
+            "127.0.0.1", "--master-port", str(free_port()), str(ROOT / "train.py"), *argv]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
