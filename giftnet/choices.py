@@ -21,6 +21,8 @@ Site = Literal["E1", "E2", "E3", "E4", "D1", "D2", "D3"]
 Guidance = Literal["global", "none", "self"]
 HarmonizationLoss = Literal["l1", "fn_mse"]
 Distill = Literal["relation", "feature", "none"]
+# Where the harmonization branch starts: random init (paper) or the trained reconstruction branch.
+StudentInit = Literal["scratch", "teacher"]
 # What a weights file is: the harmonization network ("model") or the reconstruction branch that
 # distillation uses as its teacher ("teacher"); the two must not be confused at evaluation.
 Role = Literal["model", "teacher"]
@@ -33,6 +35,7 @@ OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 STAGES: tuple[str, ...] = get_args(Stage)
 IMPLS: tuple[str, ...] = get_args(Impl)
 ROLES: tuple[str, ...] = get_args(Role)
+STUDENT_INITS: tuple[str, ...] = get_args(StudentInit)
 
 # The autocast dtype of each fixed precision (None: no autocast). "auto" is resolved per device.
 PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -16,11 +16,13 @@ from giftnet.choices import (
     OPTIMIZERS,
     PRECISIONS,
     STAGES,
+    STUDENT_INITS,
     Backend,
     Device,
     Optimizer,
     Precision,
     Stage,
+    StudentInit,
 )
 from giftnet.config import LossConfig, ModelConfig
 from giftnet.errors import ConfigError
@@ -64,6 +66,11 @@ class TrainConfig:
         None, help="fine-tune from these GiftNet weights (e.g. ccHarmony after iHarmony4)"
     )
     teacher_weights: str | None = option(None, help="use this reconstruction branch instead of training one")
+    student_init: StudentInit = option(
+        "scratch",
+        help="harmonization branch's start: scratch (paper) or teacher (its backbone copied from the trained "
+        "reconstruction branch, GIFT near identity; for short budgets)",
+    )
     log_every: int = option(20, help="log interval in steps")
     ckpt_every: int = option(500, help="checkpoint interval in steps (also at every epoch end)")
     keep_last: int = option(3, help="checkpoints kept per stage")
@@ -87,6 +94,14 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         need(self.device in DEVICES, f"--device must be one of {DEVICES}, got {self.device!r}")
         need(self.backend in BACKENDS, f"--backend must be one of {BACKENDS}, got {self.backend!r}")
+        need(
+            self.student_init in STUDENT_INITS,
+            f"--student-init must be one of {STUDENT_INITS}, got {self.student_init!r}",
+        )
+        need(
+            not (self.student_init == "teacher" and self.init_weights),
+            "--student-init teacher and --init-weights are two starting points for the harmonization branch; give one",
+        )
         need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         need(self.teacher_epochs is None or self.teacher_epochs >= 1, "--teacher-epochs must be >= 1")
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0 and finite, got {self.lr}")
@@ -103,6 +118,11 @@ class TrainConfig:
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         need(self.eval_every >= 0 and self.workers >= 0, "--eval-every and --workers must be >= 0")
         need(len(self.demo_pairs) == 2 and min(self.demo_pairs) >= 1, "demo_pairs must be two positive counts")
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the harmonization branch needs a reconstruction branch (to distil or to start from)."""
+        return self.loss.uses_teacher or self.student_init == "teacher"
 
     @property
     def lr_milestones(self) -> tuple[int, ...]:

@@ -145,7 +145,7 @@ def train_stage(ctx: Context, name: str, train_pairs: list, teacher: GiftNet | N
 def build_stage(ctx: Context, name: str, train_pairs: list, teacher: GiftNet | None) -> Stage:
     """Model, optimizer, scaler and loader of `name`, restored from its newest checkpoint if any."""
     cfg = ctx.cfg
-    model = prepare(ctx, build_stage_model(ctx, name))
+    model = prepare(ctx, build_stage_model(ctx, name, teacher))
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.optimizer, ctx.device)
     scaler = make_scaler(ctx.precision, ctx.device)
     torch.manual_seed(cfg.seed + dist.rank())  # per-rank; a resumed run restores the saved state instead
@@ -165,15 +165,21 @@ def build_stage(ctx: Context, name: str, train_pairs: list, teacher: GiftNet | N
     monitor = Monitor(ctx.folder, name, epochs * len(loader), progress.step, dist.is_main())
     model.train()
     step_model = torch.compile(model) if cfg.compile else model
-    return Stage(name, epochs, model, step_model, teacher, loader, optimizer, scaler,
+    distil_from = teacher if ctx.cfg.loss.uses_teacher else None  # a teacher only used as the start runs no forward
+    return Stage(name, epochs, model, step_model, distil_from, loader, optimizer, scaler,
                  stage_loss_config(ctx, name), progress, monitor)  # fmt: skip
 
 
-def build_stage_model(ctx: Context, stage: str) -> GiftNet:
+def build_stage_model(ctx: Context, stage: str, teacher: GiftNet | None = None) -> GiftNet:
+    """The stage's network at its start (a resumed run then loads its checkpoint over it)."""
     torch.manual_seed(ctx.cfg.seed + 1000 * STAGE_ORDER.index(stage))  # same init on every rank
     if stage == "reconstruction":
         return build_teacher(ctx.cfg.model)
     model = build_model(ctx.cfg.model)
+    if ctx.cfg.student_init == "teacher":
+        if teacher is None:
+            raise RuntimeError("build_stage_model: --student-init teacher but no teacher was loaded")
+        copy_backbone(teacher, model)
     if ctx.cfg.init_weights:  # fine-tuning (the ccHarmony protocol): same architecture required
         declared = read_model_config(ctx.cfg.init_weights)
         if declared != ctx.cfg.model:
@@ -182,6 +188,22 @@ def build_stage_model(ctx: Context, stage: str) -> GiftNet:
             )
         model.load_state_dict(load_state_checked(ctx.cfg.init_weights, model.state_dict()))
     return model
+
+
+def copy_backbone(teacher: GiftNet, student: GiftNet) -> None:
+    """Start the student from the teacher: every backbone tensor copied; GIFT keeps its near-identity init.
+
+    The two share the iSSAM backbone exactly (the teacher has no GIFT sites), so the student's own
+    keys are the teacher's plus the GIFT ones; anything else is a bug in our model code.
+    """
+    theirs, ours = teacher.state_dict(), student.state_dict()
+    stray = [k for k in theirs if k not in ours or ours[k].shape != theirs[k].shape]
+    left = [k for k in ours if k not in theirs and not k.startswith("gift.")]
+    if stray or left:
+        raise RuntimeError(f"copy_backbone: teacher and student backbones differ ({stray[:3]}, {left[:3]})")
+    with torch.no_grad():
+        for key, value in theirs.items():
+            ours[key].copy_(value)
 
 
 def load_teacher(ctx: Context) -> GiftNet:

@@ -136,7 +136,7 @@ def check_weights(cfg: TrainConfig, resume: bool) -> None:
     teacher = None
     if cfg.teacher_weights:
         teacher = check_regular_file(cfg.teacher_weights, "--teacher-weights")
-    elif trains_harmonization and cfg.loss.uses_teacher:
+    elif trains_harmonization and cfg.needs_teacher:
         own = Path(cfg.out) / TEACHER_FILE
         if own.exists() or cfg.stage == "harmonization":
             if not own.exists():

@@ -101,7 +101,7 @@ def run_stages(ctx: Context, stages: list[str], train_pairs: list) -> int:
                 folder.export("teacher", lambda p, m=teacher: save_weights(m, p), folder / TEACHER_FILE)
             dist.barrier()
             continue
-        teacher = load_teacher(ctx) if ctx.cfg.loss.uses_teacher else None
+        teacher = load_teacher(ctx) if ctx.cfg.needs_teacher else None
         model, _ = train_stage(ctx, stage, train_pairs, teacher)
         if dist.is_main():
             folder.export("model", lambda p, m=model: save_weights(m, p), folder / MODEL_FILE)
@@ -114,7 +114,7 @@ def run_stages(ctx: Context, stages: list[str], train_pairs: list) -> int:
 def plan_stages(ctx: Context) -> list[str]:
     cfg = ctx.cfg
     stages = list(STAGE_ORDER) if cfg.stage == "all" else [cfg.stage]
-    if cfg.stage == "all" and (cfg.teacher_weights or not cfg.loss.uses_teacher):
+    if cfg.stage == "all" and (cfg.teacher_weights or not cfg.needs_teacher):
         stages.remove("reconstruction")  # a teacher is given, or none is needed
     latest = ctx.folder.latest_checkpoint()
     if latest is not None and read_metadata(latest)["stage"] == "harmonization" and "reconstruction" in stages:
@@ -184,8 +184,10 @@ def describe(ctx: Context, stages: list[str], train_pairs: list, test_pairs: lis
     ctx.log(
         f"stages       {', '.join(f'{s} ({cfg.stage_epochs(s)} epochs)' for s in stages)}  batch {cfg.batch_size}  crop {cfg.crop_size}"
     )
-    if not cfg.loss.uses_teacher and cfg.stage != "reconstruction":
+    if not cfg.needs_teacher and cfg.stage != "reconstruction":
         ctx.log("             no distillation: the reconstruction branch is not trained and no teacher runs")
+    if cfg.student_init == "teacher" and cfg.stage != "reconstruction":
+        ctx.log("             the harmonization branch starts from the reconstruction branch's backbone")
     ctx.log(
         f"model        {counts['total']:,} parameters (backbone {counts['backbone']:,}, GIFT {counts['gift']:,}); sites {list(cfg.model.gift_sites)}"
     )
