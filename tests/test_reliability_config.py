@@ -26,7 +26,7 @@ from giftnet.weights import save_weights
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from pipeline.synth import build_demo_dataset
+    from pipeline.build.synth import build_demo_dataset
 
     root = build_demo_dataset(tmp_path_factory.mktemp("data"), n_train=8, n_test=4, size=40, seed=0)
     (root / "HSynth" / "HSynth_test.txt").unlink()  # no evaluation

@@ -34,7 +34,7 @@ ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from pipeline.synth import build_demo_dataset
+    from pipeline.build.synth import build_demo_dataset
 
     root = build_demo_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_test=4, size=40, seed=0)
     (root / "HSynth" / "HSynth_test.txt").unlink()  # no test split: no evaluation, a faster run

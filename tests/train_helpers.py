@@ -22,7 +22,7 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GIF
 
 
 def build_tiny_data(folder: Path, n_test: int = 4) -> Path:
-    from pipeline.synth import build_demo_dataset
+    from pipeline.build.synth import build_demo_dataset
 
     return build_demo_dataset(folder, n_train=16, n_test=n_test, size=40, seed=0)
 
