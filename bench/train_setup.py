@@ -201,7 +201,7 @@ def load_pairs(plan: Plan, data: Path | None, cache: Path) -> tuple[list, str]:
         return pairs[: plan.pairs_needed], str(data)
     n = plan.pairs_needed
     try:
-        from pipeline.build.synth import build_demo_dataset
+        from pipeline.builders.synth import build_demo_dataset
     except ImportError as err:  # scikit-image missing (a bare GPU machine): plain synthetic JPEGs
         from bench.data import make_triplets
 
@@ -210,4 +210,4 @@ def load_pairs(plan: Plan, data: Path | None, cache: Path) -> tuple[list, str]:
             f"synthetic JPEG triplets ({err})"
         )
     root = build_demo_dataset(cache / f"demo-{plan.image_size}px-{n}", n_train=n, n_test=0, size=plan.image_size)
-    return read_pairs(root, None, "train"), f"demo dataset (pipeline.build.synth, short side {plan.image_size} px)"
+    return read_pairs(root, None, "train"), f"demo dataset (pipeline.builders.synth, short side {plan.image_size} px)"

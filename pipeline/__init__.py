@@ -1,4 +1,4 @@
-"""Data: the runtime path here (iHarmony4 readers, decoder, index, DALI and PyTorch loaders, checker); builders in .build."""
+"""Data: the runtime path here (iHarmony4 readers, decoder, index, DALI and PyTorch loaders, checker); builders in .builders."""
 
 from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD, DatasetError, Pair
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.build.cc_matching import (
+from pipeline.builders.cc_matching import (
     STANDARD_PATCHES,
     apply_polynomial,
     fit_polynomial,
@@ -19,7 +19,7 @@ from pipeline.build.cc_matching import (
     read_patch_csv,
     transfer,
 )
-from pipeline.build.ccharmony import main
+from pipeline.builders.ccharmony import main
 from pipeline.check import check_dataset
 from pipeline.ihd import read_pairs
 from pipeline.images import read_mask, read_rgb
@@ -184,7 +184,7 @@ def test_builder_with_released_zips_and_matrices_only(tmp_path, capsys):
 
 
 def test_unsafe_zip_members_are_refused(tmp_path):
-    from pipeline.build.unpack import folder_or_zip
+    from pipeline.builders.unpack import folder_or_zip
 
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as z:

@@ -1,4 +1,4 @@
-"""pipeline.build.prepare on a tiny dataset: resized copy, lists, source untouched, resume, refusals."""
+"""pipeline.builders.prepare on a tiny dataset: resized copy, lists, source untouched, resume, refusals."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from giftnet.errors import UsageError
-from pipeline.build.prepare import fit_long_side, main, prepare_dataset
+from pipeline.builders.prepare import fit_long_side, main, prepare_dataset
 from pipeline.check import check_dataset
 from pipeline.ihd import read_pairs
 

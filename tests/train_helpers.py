@@ -24,7 +24,7 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GIF
 
 def build_tiny_data(folder: Path, n_test: int = 4, *, n_train: int = 16, test_split: bool = True) -> Path:
     """The demo dataset at 40 px; without `test_split` no test list (no evaluation: a faster run)."""
-    from pipeline.build.synth import build_demo_dataset
+    from pipeline.builders.synth import build_demo_dataset
 
     root = build_demo_dataset(folder, n_train=n_train, n_test=n_test, size=40, seed=0)
     if not test_split:
