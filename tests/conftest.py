@@ -56,3 +56,12 @@ def fifo_weights(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """The trainer tests' demo dataset (train_helpers.build_tiny_data: 16 train, 4 test pairs at 40 px),
+    one per test module; a module that needs other data defines its own `tiny_data`."""
+    from tests.train_helpers import build_tiny_data
+
+    return build_tiny_data(tmp_path_factory.mktemp("data"))

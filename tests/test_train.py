@@ -21,18 +21,12 @@ from tests.train_helpers import (
     ENV,
     ROOT,
     assert_same_weights,
-    build_tiny_data,
     free_port,
     train_args,
     train_py,
     wait_for,
 )
 from tests.train_helpers import start_train_py as start
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return build_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def args(data: Path, out: Path, *extra: str) -> list[str]:
