@@ -174,11 +174,7 @@ def evaluate(
     )
     conventions = {"psnr_peak": psnr_peak, "fssim_range": fssim_range}
     rows = {"model": _Rows(), "composite": _Rows()}
-    guard = (
-        InputGuard(p for pair in pairs for p in (pair.composite, pair.mask, pair.real))
-        if save_images is not None
-        else None
-    )
+    guard = None if save_images is None else InputGuard(p for pr in pairs for p in (pr.composite, pr.mask, pr.real))
     was_training = model.training
     model.eval()
     try:
