@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,7 +161,7 @@ def compare(pairs: list[Pair], cfg: dict, *, images: str, cores_list: list[int],
     rows = []
     for cores in cores_list:
         order = ["feeder", "feeder_pil", *(["torch", "dali"] if cores % 2 else ["dali", "torch"])]
-        got = {}
+        got: dict[str, dict[str, Any]] = {}
         with pinned(cores):
             for name in order:
                 base = {

@@ -41,7 +41,7 @@ def make_triplets(root: Path, n: int, *, min_side: int, max_side: int, seed: int
     pairs = []
     for k in range(n):
         h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
-        low = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+        low = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
         real = np.clip(np.asarray(low, np.float32) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
         mask = Image.new("L", (w, h))
         cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
@@ -71,7 +71,7 @@ def from_photos(photos: Path, root: Path, n: int, *, long_side: int, seed: int =
         )
         scale = long_side / max(photo.size)
         size = (round(photo.width * scale), round(photo.height * scale))
-        real = np.asarray(photo.resize(size, Image.BICUBIC))
-        mask = mask.resize(size, Image.NEAREST)
+        real = np.asarray(photo.resize(size, Image.Resampling.BICUBIC))
+        mask = mask.resize(size, Image.Resampling.NEAREST)
         pairs.append(_save(dirs, k, _recolour(real, np.asarray(mask) > 127, rng), mask, real))
     return pairs

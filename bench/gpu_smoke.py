@@ -22,6 +22,7 @@ CPU suite covers the kernels through Triton's interpreter).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import traceback
@@ -55,18 +56,24 @@ def check_modconv(shape: tuple, dtype: torch.dtype, device: str) -> None:
     x, dy = x.contiguous(memory_format=fmt), dy.contiguous(memory_format=fmt)
     x, weight, style, mask, dy = (t.to(device, dtype) for t in (x, weight, style, mask, dy))
     leaves = [t.clone().requires_grad_(True) for t in (x, weight, style)]
-    y = masked_modconv2d(*leaves, mask, impl="triton")
+    y = masked_modconv2d(leaves[0], leaves[1], leaves[2], mask, impl="triton")
     y.backward(dy)
     ref = [t.detach().double().requires_grad_(True) for t in (x, weight, style)]
-    y_ref = masked_modconv2d_reference(*ref, mask.double())
+    y_ref = masked_modconv2d_reference(ref[0], ref[1], ref[2], mask.double())
     y_ref.backward(dy.double())
     atol, rtol = MODCONV_TOL[dtype]
-    for name, g, r in zip(
-        ("y", "dx", "dweight", "dstyle"), [y, *(t.grad for t in leaves)], [y_ref, *(t.grad for t in ref)], strict=True
-    ):
+    for name, g, r in zip(("y", "dx", "dweight", "dstyle"), [y, *_grads(leaves)], [y_ref, *_grads(ref)], strict=True):
         if g.dtype != dtype:
             raise AssertionError(f"{name} is {g.dtype}, expected {dtype}")
         assert_close(name, g, r, atol, rtol)
+
+
+def _grads(leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The .grad of each leaf; AssertionError naming the leaf if backward did not reach it."""
+    missing = [i for i, t in enumerate(leaves) if t.grad is None]
+    if missing:
+        raise AssertionError(f"no gradient reached input(s) {missing}")
+    return [t.grad for t in leaves if t.grad is not None]
 
 
 def check_relation(shape: tuple, dtype: torch.dtype, device: str) -> None:
@@ -91,14 +98,14 @@ def check_relation(shape: tuple, dtype: torch.dtype, device: str) -> None:
     torch.testing.assert_close(out.detach().float().sum(dim=1), torch.ones(b, device=device), atol=1e-3, rtol=1e-3)
     up = torch.randn(ref.shape, generator=gen).to(device, ref.dtype)
     grads = [torch.autograd.grad(o, feat, up)[0] for o in (out, ref)]
-    assert_close("relation map grad", *grads, atol, rtol)
+    assert_close("relation map grad", grads[0], grads[1], atol, rtol)
     loss = relation_distill_loss(feat, teacher, mask, gamma=GAMMA, impl="triton")
     loss_ref = relation_distill_loss_reference(feat, teacher, mask, gamma=GAMMA)
     assert_close("relation loss", loss, loss_ref, atol, rtol)
     grads = [torch.autograd.grad(v * 3.7, feat)[0] for v in (loss, loss_ref)]
     if grads[0].dtype != dtype:
         raise AssertionError(f"loss gradient is {grads[0].dtype}, expected {dtype}")
-    assert_close("relation loss grad", *grads, atol, rtol)
+    assert_close("relation loss grad", grads[0], grads[1], atol, rtol)
 
 
 def check_giftnet_loss(device: str, size: int = 64, base: int = 32) -> None:
@@ -129,16 +136,16 @@ def check_giftnet_loss(device: str, size: int = 64, base: int = 32) -> None:
 
 def cases(quick: bool) -> list[tuple[str, Callable[[], None]]]:
     """(name, check) for every check; quick keeps the awkward shapes and the smallest GiftNet one."""
-    out = []
+    out: list[tuple[str, Callable[[], None]]] = []
     shapes = AWKWARD + (GIFTNET[-1:] if quick else GIFTNET)
     for dtype in (torch.bfloat16, torch.float16, torch.float32):  # the training dtype first
         tag = str(dtype).removeprefix("torch.")
         for s in shapes:
             out.append(
-                (f"modconv {tag} {s[:4]} {s[4]}{' cl' * s[5]}", lambda s=s, d=dtype: check_modconv(s, d, "cuda"))
+                (f"modconv {tag} {s[:4]} {s[4]}{' cl' * s[5]}", functools.partial(check_modconv, s, dtype, "cuda"))
             )
             out.append(
-                (f"relation {tag} {s[:4]} {s[4]}{' cl' * s[5]}", lambda s=s, d=dtype: check_relation(s, d, "cuda"))
+                (f"relation {tag} {s[:4]} {s[4]}{' cl' * s[5]}", functools.partial(check_relation, s, dtype, "cuda"))
             )
     out.append(("GiftNet loss and gradients, triton vs reference, fp32", lambda: check_giftnet_loss("cuda")))
     return out

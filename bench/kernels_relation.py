@@ -16,6 +16,7 @@ Triton and torch.compile timings need a GPU and say so.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -75,9 +76,11 @@ def _level_rows(level: str, shape: tuple[int, int, int], dt: torch.dtype, impls:
     student = torch.randn(batch, c, side, side, generator=gen).to(device, dt).requires_grad_(True)
     teacher = torch.randn(batch, c, side, side, generator=gen).to(device, dt)
     mask = make_mask("blob", batch, side, side, gen).to(device)  # object-like: 1-3 blobs, 5-50% of the image
-    base = {"level": level, "batch": batch, "channels": c, "side": side, "dtype": str(dt).removeprefix("torch.")}
+    base: dict[str, Any] = {"level": level, "batch": batch, "channels": c, "side": side}
+    base["dtype"] = str(dt).removeprefix("torch.")
     base["roofline_bytes"] = roofline_bytes(batch, c, side, dt)
-    rows, times = [], {}
+    rows: list[dict[str, Any]] = []
+    times: dict[str, float] = {}
     for name, fn in impls.items():
         if isinstance(fn, str):
             rows.append({**base, "impl": name, "ms": None, "skipped": fn})

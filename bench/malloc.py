@@ -84,7 +84,7 @@ def _fixtures(tmp: Path) -> tuple[Path, Path]:
     from giftnet.config import ModelConfig
     from giftnet.model import build_model
     from giftnet.weights import save_weights
-    from pipeline.synth import build_demo_dataset
+    from pipeline.builders.synth import build_demo_dataset
 
     data = build_demo_dataset(tmp / "data", n_train=1, n_test=32, size=256, seed=0)
     weights = tmp / "model.safetensors"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,7 @@ def iter_masks(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
 
 def mask_statistics(
     masks: Iterator[tuple[str, np.ndarray]],
-    sides: tuple[int, ...],
+    sides: Sequence[int],
     tiles: tuple[str, ...] = TILES,
     chunk: int = 64,
 ) -> dict:
@@ -116,7 +116,9 @@ def mask_statistics(
     Returns {"count": n, "sides": {side: {"fg": array, "touched": array, "skip": {tile: array}}}},
     one entry per image in each array. Masks are measured `chunk` at a time.
     """
-    per = {s: {"fg": [], "touched": [], "skip": {t: [] for t in tiles}} for s in sides}
+    fg: dict[int, list[torch.Tensor]] = {s: [] for s in sides}
+    touched: dict[int, list[torch.Tensor]] = {s: [] for s in sides}
+    skip: dict[int, dict[str, list[torch.Tensor]]] = {s: {t: [] for t in tiles} for s in sides}
     batch: list[torch.Tensor] = []
 
     def flush() -> None:
@@ -124,11 +126,10 @@ def mask_statistics(
         batch.clear()
         for side in sides:
             m = resize_mask(m256, (side, side))[:, 0]
-            rec = per[side]
-            rec["fg"].append(m.mean(dim=(-2, -1)))
-            rec["touched"].append((m != 0).float().mean(dim=(-2, -1)))
+            fg[side].append(m.mean(dim=(-2, -1)))
+            touched[side].append((m != 0).float().mean(dim=(-2, -1)))
             for t in tiles:
-                rec["skip"][t].append(skippable_fraction(m, t))
+                skip[side][t].append(skippable_fraction(m, t))
 
     for _, mask in masks:
         batch.append(fixed256(mask))
@@ -136,14 +137,14 @@ def mask_statistics(
             flush()
     if batch:
         flush()
-    if not per[sides[0]]["fg"]:
+    if not fg[sides[0]]:
         raise DataError("no masks to measure")
 
     def cat(parts: list[torch.Tensor]) -> np.ndarray:
         return torch.cat(parts).double().numpy()
 
     arr = {
-        s: {"fg": cat(r["fg"]), "touched": cat(r["touched"]), "skip": {t: cat(v) for t, v in r["skip"].items()}}
-        for s, r in per.items()
+        s: {"fg": cat(fg[s]), "touched": cat(touched[s]), "skip": {t: cat(v) for t, v in skip[s].items()}}
+        for s in sides
     }  # fmt: skip
-    return {"count": len(arr[sides[0]]["fg"]), "sides": arr}
+    return {"count": sum(len(part) for part in fg[sides[0]]), "sides": arr}

@@ -103,8 +103,9 @@ def make_plan(tiny: bool, overrides: dict[str, int | None], workers: int | None)
     """The sizes: the tiny or full defaults with the command line's overrides."""
     size = dict(TINY if tiny else FULL)
     size |= {k: v for k, v in overrides.items() if v is not None and k != "crop"}
-    if overrides.get("crop") is not None:
-        size["crop"], size["image_size"] = overrides["crop"], overrides["crop"] * 3 // 2
+    crop = overrides.get("crop")
+    if crop is not None:
+        size["crop"], size["image_size"] = crop, crop * 3 // 2
     if workers is None:
         workers = 0 if tiny else min(8, max(1, len(os.sched_getaffinity(0)) - 1))
     return Plan(workers=workers, **size)
@@ -229,9 +230,10 @@ def _print(rows: list[dict]) -> None:
     if info["gpu"] == "none (no CUDA)":
         print("peak memory: measured on CUDA only")
     by = {r["config"]: r.get("images_per_s") for r in rows}
-    if info["gpu"] != "none (no CUDA)" and by.get("a") and by.get("d") and by.get("b") and by.get("c"):
+    a, b, c, d = (by.get(k) for k in "abcd")
+    if info["gpu"] != "none (no CUDA)" and a and b and c and d:
         print(
-            f"goal (issue 7): d/a = {by['d'] / by['a']:.2f} (>= 2), c/b = {by['c'] / by['b']:.2f} (>= 1.3); "
+            f"goal (issue 7): d/a = {d / a:.2f} (>= 2), c/b = {c / b:.2f} (>= 1.3); "
             "compare d with bench.data's pairs/s (>= 1.5x d's images/s)"
         )
 

@@ -9,13 +9,15 @@ FLOPs with FlopCounterMode.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import Timer, sync
+from giftnet.choices import Backend, Impl, Precision
 from giftnet.config import LossConfig, ModelConfig
 from giftnet.model import build_model, build_teacher
 from giftnet.training.config import TrainConfig
@@ -24,7 +26,21 @@ from giftnet.training.precision import cpu_supports, make_optimizer, make_scaler
 from pipeline import dali_loader
 from pipeline.loaders import make_train_loader
 
-CONFIGS = {
+
+class _Spec(TypedDict):
+    label: str
+    mixed: bool  # mixed precision and channels_last
+    impl: Impl
+    backend: Backend
+
+
+class Spec(_Spec, total=False):
+    """One configuration of the benchmark."""
+
+    compile: bool
+
+
+CONFIGS: dict[str, Spec] = {
     "a": {"label": "fp32, reference ops, DataLoader+PIL", "mixed": False, "impl": "reference", "backend": "torch"},
     "b": {"label": "a + mixed precision, channels_last", "mixed": True, "impl": "reference", "backend": "torch"},
     "c": {"label": "b + Triton kernels", "mixed": True, "impl": "auto", "backend": "torch"},
@@ -52,12 +68,13 @@ class Plan:
         return self.batch * (self.warmup + 2 + self.steps)
 
 
-def mixed_precision(device: torch.device) -> tuple[str | None, str]:
+def mixed_precision(device: torch.device) -> tuple[Precision | None, str]:
     """(precision of rows b-e, or None when none works here; a note)."""
     if device.type == "cuda":
         p = resolve_precision("auto", device)
         return p, "" if p == "bf16" else "this GPU has no bf16: fp16 with a dynamic grad scaler"
-    for p in ("bf16", "fp16"):
+    candidates: tuple[Precision, ...] = ("bf16", "fp16")
+    for p in candidates:
         if cpu_supports(p):
             return p, f"CPU autocast in {p}"
     return None, "CPU autocast supports neither bf16 nor fp16 in this torch build"
@@ -82,7 +99,7 @@ def skip_reason(key: str, device: torch.device, precision: str | None) -> str | 
 class Setup:
     """One configuration's model, teacher, optimizer, scaler and loader, built as the trainer builds them."""
 
-    def __init__(self, key: str, plan: Plan, pairs: list, device: torch.device, precision: str) -> None:
+    def __init__(self, key: str, plan: Plan, pairs: list, device: torch.device, precision: Precision) -> None:
         spec = CONFIGS[key]
         self.key, self.spec, self.plan, self.device = key, spec, plan, device
         backend = spec["backend"]
@@ -102,7 +119,6 @@ class Setup:
         )
         self.backend, self.precision = backend, cfg.precision
         self.ctx = Context(cfg, device)
-        self.ctx.stage = "harmonization"
         torch.manual_seed(0)  # every configuration starts from the same weights
         self.model = prepare(self.ctx, build_model(cfg.model)).train()
         self.teacher = prepare(self.ctx, build_teacher(cfg.model)).eval().requires_grad_(False)
@@ -119,7 +135,9 @@ class Setup:
             device=device,
             backend=backend,
         )
-        self.seconds, self.images, self.warmup_s, self.round_ips, self.peak, self.loss = 0.0, 0, 0.0, [], 0.0, None
+        self.seconds, self.images, self.warmup_s, self.peak = 0.0, 0, 0.0, 0.0
+        self.round_ips: list[float] = []
+        self.loss: float | None = None
 
     def resident_bytes(self) -> int:
         """Weights, buffers and optimizer state of this configuration (student and teacher)."""
@@ -127,7 +145,7 @@ class Setup:
         tensors += [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
         return sum(t.numel() * t.element_size() for t in tensors if t.device.type == self.device.type)
 
-    def batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, epoch: int) -> Generator[dict[str, torch.Tensor], None, None]:
         """Batches from the start of `epoch`, running on into later epochs when one is too short."""
         while True:
             yield from self.loader.epoch(epoch)
@@ -183,7 +201,7 @@ def load_pairs(plan: Plan, data: Path | None, cache: Path) -> tuple[list, str]:
         return pairs[: plan.pairs_needed], str(data)
     n = plan.pairs_needed
     try:
-        from pipeline.synth import build_demo_dataset
+        from pipeline.builders.synth import build_demo_dataset
     except ImportError as err:  # scikit-image missing (a bare GPU machine): plain synthetic JPEGs
         from bench.data import make_triplets
 
@@ -192,4 +210,4 @@ def load_pairs(plan: Plan, data: Path | None, cache: Path) -> tuple[list, str]:
             f"synthetic JPEG triplets ({err})"
         )
     root = build_demo_dataset(cache / f"demo-{plan.image_size}px-{n}", n_train=n, n_test=0, size=plan.image_size)
-    return read_pairs(root, None, "train"), f"demo dataset (pipeline.synth, short side {plan.image_size} px)"
+    return read_pairs(root, None, "train"), f"demo dataset (pipeline.builders.synth, short side {plan.image_size} px)"

@@ -174,7 +174,7 @@ def evaluate(
     )
     conventions = {"psnr_peak": psnr_peak, "fssim_range": fssim_range}
     rows = {"model": _Rows(), "composite": _Rows()}
-    guard = InputGuard(p for pair in pairs for p in (pair.composite, pair.mask, pair.real)) if save_images else None
+    guard = None if save_images is None else InputGuard(p for pr in pairs for p in (pr.composite, pr.mask, pr.real))
     was_training = model.training
     model.eval()
     try:
@@ -189,7 +189,7 @@ def evaluate(
                 mask, real, comp = batch["mask"].float(), batch["real_255"].float(), batch["composite_255"].float()
                 rows["model"].add(subsets, image_metrics(pred, real, mask, **conventions))
                 rows["composite"].add(subsets, image_metrics(comp, real, mask, **conventions))
-                if save_images is not None:
+                if save_images is not None and guard is not None:  # both or neither
                     _save_pngs(Path(save_images), pairs, indices, pred, comp, guard)
                 advance(len(indices))
     finally:

@@ -62,7 +62,7 @@ def convert(value: Any, tp: Any, name: str, where: str, error: type[UserError]) 
 
 def _convert(value: Any, tp: Any, name: str, where: str, error: type[UserError]) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

@@ -32,7 +32,7 @@ def distillation_losses(
     cfg: LossConfig,
 ) -> dict[str, torch.Tensor]:
     """L_dis per site: relation distillation (paper) or feature distillation (Table 3 row 10)."""
-    losses = {}
+    losses: dict[str, torch.Tensor] = {}
     for site in cfg.distill_sites:
         s, t = student[site], teacher[site].detach()
         if cfg.distill == "relation":

@@ -11,8 +11,8 @@ def first_n(items: Iterable[object], limit: int, sep: str = "\n  ") -> str:
     The one formatter behind every "N problems: first few ... and K more" message, so a long list
     of bad files never floods the terminal and the count is never lost.
     """
-    items = [str(item) for item in items]
-    shown = sep.join(items[:limit])
-    if len(items) > limit:
-        shown += f"{sep}... and {len(items) - limit} more"
+    texts = [str(item) for item in items]
+    shown = sep.join(texts[:limit])
+    if len(texts) > limit:
+        shown += f"{sep}... and {len(texts) - limit} more"
     return shown

@@ -37,7 +37,7 @@ class GiftNet(nn.Module):
         self.encoder = Encoder(base)
         self.decoder = Decoder(base)
         chans = site_channels(base)
-        sites = {s: chans[s] for s in self.config.gift_sites}
+        sites: dict[str, int] = {s: chans[s] for s in self.config.gift_sites}
         self.gift = Gift(sites, chans["E4"], self.config) if sites else None
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:

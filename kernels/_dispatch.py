@@ -144,7 +144,9 @@ def register_aot_specs(op: str, provider: Callable[[], list]) -> None:
 
 
 def aot_providers() -> dict[str, Callable[[], list]]:
-    """op name -> spec provider, for every op imported (importing `kernels` imports them all)."""
-    import kernels  # noqa: F401  (registers every op)
+    """op name -> spec provider of every op.
 
+    Complete without an import here (which would close a cycle): importing any `kernels.*` module
+    runs the package's __init__ first, and that imports every op, each registering its provider.
+    """
     return dict(_AOT_PROVIDERS)

@@ -94,6 +94,29 @@ def make_mask(kind: str, b: int, h: int, w: int, gen: torch.Generator | None = N
     raise ValueError(f"make_mask: kind must be one of {MASK_KINDS}, got {kind!r}")
 
 
+def make_features(
+    b: int,
+    c: int,
+    h: int,
+    w: int,
+    layout: str,
+    dtype: torch.dtype,
+    *,
+    scale: float = 1.0,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Random (b, c, h, w) leaf features needing grad, in NCHW ("nchw"), channels_last ("cl") or "strided"
+    (H and W swapped in memory: pixels not evenly spaced, so the op must copy)."""
+    x = (torch.randn(b, c, h, w) * scale).to(dtype)
+    if layout == "cl":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    elif layout != "nchw":
+        raise ValueError(f"make_features: layout must be nchw, cl or strided, got {layout!r}")
+    return x.to(device).requires_grad_(True)
+
+
 def modconv_inputs(
     b: int, c: int, h: int, w: int, mask: str, gen: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Data: iHarmony4 and ccHarmony readers, DALI and PyTorch loaders, dataset builders, checker."""
+"""Data: the runtime path here (iHarmony4 readers, decoder, index, DALI and PyTorch loaders, checker); builders in .builders."""
 
 from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD, DatasetError, Pair
 

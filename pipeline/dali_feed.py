@@ -17,6 +17,7 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -30,6 +31,12 @@ NUM_OUTPUTS = 7  # composite, real, mask (encoded), anchor (x, y), shape (w, h),
 LAYOUTS = ["", "", "", "", "", "", ""]
 
 
+class _BatchInfo(Protocol):
+    """What DALI's external source passes with batch=True (nvidia.dali.types.BatchInfo)."""
+
+    iteration: int
+
+
 def read_bytes(path: str | Path) -> np.ndarray:
     """A file's bytes as a uint8 array; DatasetError naming the file if it is unreadable or empty.
 
@@ -39,7 +46,8 @@ def read_bytes(path: str | Path) -> np.ndarray:
         fd = os.open(path, os.O_RDONLY)
         try:
             data = np.empty(os.fstat(fd).st_size, dtype=np.uint8)
-            n = os.readv(fd, [data]) if data.size else 0
+            # numpy's stubs declare ndarray's buffer protocol (__buffer__) only for Python 3.12 on
+            n = os.readv(fd, [data]) if data.size else 0  # type: ignore[list-item]
         finally:
             os.close(fd)
     except OSError as e:
@@ -101,7 +109,7 @@ class TrainFeed:
             np.array(index, dtype=np.int64),
         )
 
-    def __call__(self, info: object) -> list[list[np.ndarray]]:
+    def __call__(self, info: int | _BatchInfo) -> list[list[np.ndarray]]:
         iteration = info if isinstance(info, int) else info.iteration
         if iteration >= len(self.batches):
             raise StopIteration

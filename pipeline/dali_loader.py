@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -123,6 +123,13 @@ class _Feeder:
         return [list(col) for col in zip(*samples, strict=True)]
 
 
+@dataclasses.dataclass
+class _InFlight:
+    """The batches DALI may have in flight, for naming a file it cannot decode (what `_run` reads)."""
+
+    pending: collections.deque[np.ndarray]
+
+
 def _thread_pool(num_workers: int) -> concurrent.futures.ThreadPoolExecutor | None:
     return concurrent.futures.ThreadPoolExecutor(num_workers, "dali-feeder") if num_workers > 1 else None
 
@@ -144,7 +151,7 @@ class _PairFiles:
         return comp, real, mask
 
 
-def _run(pipe: Pipeline, feeder: _Feeder, pairs: Sequence[Pair]) -> tuple:
+def _run(pipe: Pipeline, feeder: _Feeder | _InFlight, pairs: Sequence[Pair]) -> tuple:
     try:
         outs = pipe.run()
     except RuntimeError as e:
@@ -312,8 +319,7 @@ class DaliTrainLoader:
         try:
             pipe.build()
             for k in range(len(batches)):
-                # The batches DALI may have in flight, for naming a file it cannot decode.
-                inflight = SimpleNamespace(pending=collections.deque(batches[k : k + 3]))
+                inflight = _InFlight(collections.deque(batches[k : k + 3]))
                 yield self._convert(_run_fed(pipe, inflight, self.pairs))
         finally:
             getattr(pipe, "_shutdown", lambda: None)()  # see _serve: stop DALI's threads and workers now
@@ -327,7 +333,7 @@ class DaliTrainLoader:
 _WORKER_ERROR = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
 
 
-def _run_fed(pipe: Pipeline, inflight: object, pairs: Sequence[Pair]) -> tuple:
+def _run_fed(pipe: Pipeline, inflight: _InFlight, pairs: Sequence[Pair]) -> tuple:
     """_run, also turning a DatasetError raised in a DALI worker process back into one."""
     try:
         return _run(pipe, inflight, pairs)

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from giftnet.errors import DataError, UsageError
 from giftnet.fileio import atomic_writer, check_regular_file
@@ -104,14 +104,14 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _is_sixteen_bit(image: Image.Image) -> bool:
+def _is_sixteen_bit(image: ImageFile.ImageFile) -> bool:
     if image.mode in _SIXTEEN_BIT_MODES:
         return True
     rawmode = image.tile[0].args if image.tile else None
     return isinstance(rawmode, str) and ";16" in rawmode  # Pillow's 16-bit RGB(A) PNG rawmodes
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path) -> ImageFile.ImageFile:
     """Image.open with every failure a DataError; the pixel budget is checked before returning."""
     check_regular_file(path, "image", error=DataError)
     if path.stat().st_size == 0:
@@ -136,7 +136,7 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
-def _header_of(path: Path, image: Image.Image) -> Header:
+def _header_of(path: Path, image: ImageFile.ImageFile) -> Header:
     orientation = _orientation(image)
     width, height = image.size
     if orientation >= 5:  # a quarter turn
@@ -162,7 +162,7 @@ def open_image(path: str | Path) -> tuple[Image.Image, Header]:
         # Pillow reports a cut-off JPEG/PNG as OSError("image file is truncated ...").
         raise DataError(f"{path}: unreadable or truncated image ({err})") from None
     if header.orientation in _TRANSPOSE:
-        image = image.transpose(_TRANSPOSE[header.orientation])
+        return image.transpose(_TRANSPOSE[header.orientation]), header
     return image, header
 
 

@@ -233,7 +233,7 @@ def load_store(path: Path) -> dict[str, _Entry]:
 def save_store(path: Path, store: dict[str, _Entry]) -> None:
     """Write the entries as an index file, atomically (a reader sees the old file or the new one)."""
     names = sorted(store)
-    masks = [store[n].mask for n in names if store[n].mask is not None]
+    masks = [mask for n in names if (mask := store[n].mask) is not None]
     rows, r = [], 0
     for n in names:
         rows.append(r if store[n].mask is not None else -1)
@@ -247,7 +247,7 @@ def save_store(path: Path, store: dict[str, _Entry]) -> None:
         "mask": np.array(rows, np.int64),
         "sums": np.array([m.sums for m in masks], np.uint32).reshape(-1, GRID, GRID),
         "median": np.array([m.median or (-1, -1) for m in masks], np.int64).reshape(-1, 2),
-        "plain": np.array([m.plain for m in masks], bool),
+        "plain": np.array([m.plain for m in masks], np.bool_),
     }
     with atomic_writer(path) as f:
         np.savez_compressed(f, **arrays)
@@ -288,9 +288,9 @@ def index_pairs(pairs: Sequence[Pair], *, workers: int | None = None, write: boo
         made = list(pool.map(lambda t: _make_entry(t[2], t[3], t[4]), todo))
     for (where, key, *_), entry in zip(todo, made, strict=True):
         stores[where][key] = entry
-    changed = {t[0] for t in todo}
-    written = []
-    for where in sorted(changed - {None}) if write else ():
+    changed = {t[0] for t in todo if t[0] is not None}
+    written: list[Path] = []
+    for where in sorted(changed) if write else ():
         try:
             save_store(where, stores[where])
             written.append(where)

@@ -1,6 +1,7 @@
 """Shared test set-up: Triton's interpreter on machines without a GPU, seeded RNGs."""
 
 import os
+import signal
 
 import torch
 
@@ -37,3 +38,30 @@ def png_bytes(width: int, height: int, depth: int, colour_type: int, raw_rows: b
 def bomb_png() -> bytes:
     """A 68-byte PNG declaring 100000 x 100000 8-bit gray pixels (one row of data)."""
     return png_bytes(100_000, 100_000, 8, 0, b"\x00" * 16)
+
+
+@pytest.fixture
+def fifo_weights(tmp_path):
+    """A FIFO named w.safetensors; a 20 s alarm turns an open that blocks on it into a TimeoutError."""
+    fifo = tmp_path / "w.safetensors"
+    os.mkfifo(fifo)
+
+    def timeout(signum, frame):
+        raise TimeoutError("opening the FIFO blocked")
+
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(20)
+    try:
+        yield fifo
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """The trainer tests' demo dataset (train_helpers.build_tiny_data: 16 train, 4 test pairs at 40 px),
+    one per test module; a module that needs other data defines its own `tiny_data`."""
+    from tests.train_helpers import build_tiny_data
+
+    return build_tiny_data(tmp_path_factory.mktemp("data"))

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.ccharmony import (
+from pipeline.builders.cc_matching import (
     STANDARD_PATCHES,
     apply_polynomial,
     fit_polynomial,
     load_matrix,
-    main,
     poly_terms,
     read_patch_csv,
     transfer,
 )
+from pipeline.builders.ccharmony import main
 from pipeline.check import check_dataset
 from pipeline.ihd import read_pairs
 from pipeline.images import read_mask, read_rgb
@@ -184,7 +184,7 @@ def test_builder_with_released_zips_and_matrices_only(tmp_path, capsys):
 
 
 def test_unsafe_zip_members_are_refused(tmp_path):
-    from pipeline.unpack import folder_or_zip
+    from pipeline.builders.unpack import folder_or_zip
 
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as z:

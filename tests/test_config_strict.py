@@ -20,17 +20,11 @@ from giftnet.choices import BACKENDS, PRECISIONS
 from giftnet.config import LossConfig, ModelConfig
 from giftnet.errors import ConfigError, UsageError
 from giftnet.fields import config_fields, flag_of, from_dict
-from giftnet.training.cli import main, parser, resolve
+from giftnet.training.cli import parser, resolve
 from giftnet.training.config import TrainConfig
+from tests.train_helpers import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str]:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return code, err
 
 
 @pytest.mark.parametrize(

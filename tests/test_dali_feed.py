@@ -13,8 +13,7 @@ from pipeline.augment import read_mask
 from pipeline.dali_feed import TrainFeed, encode_mask
 from pipeline.loaders import make_train_loader
 from pipeline.pairs import DatasetError, Pair
-from tests.test_index import reference_sample_crop
-from tests.test_loaders import write_triplets
+from tests.data_helpers import reference_sample_crop, write_triplets
 
 pytestmark = pytest.mark.skipif(
     dali_loader.DALI_IMPORT_ERROR is not None, reason=f"DALI not importable: {dali_loader.DALI_IMPORT_ERROR}"

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline import augment, index
-from pipeline.augment import CropParams, random_resized_crop, sample_crop
+from pipeline.augment import random_resized_crop, sample_crop
 from pipeline.index import (
     GRID,
     INDEX_NAME,
@@ -21,25 +21,7 @@ from pipeline.index import (
     stale_entries,
 )
 from pipeline.pairs import DatasetError, Pair
-
-
-def reference_sample_crop(mask, *, crop_size, seed, epoch, index):
-    """augment.sample_crop as it was before the index existed (a frozen copy: the reference)."""
-    height, width = mask.shape
-    for attempt in range(10):
-        rng = np.random.default_rng(np.random.SeedSequence([0xC809, seed, epoch, index, attempt]))
-        top, left, h, w = random_resized_crop(height, width, rng, (0.5, 1.0), (3.0 / 4.0, 4.0 / 3.0))
-        flip = bool(rng.random() < 0.5)
-        keep = bool(rng.random() < 0.05)
-        window = mask[top : top + h, left : left + w]
-        if keep or float(window.sum(dtype=np.int64)) / 255.0 * (crop_size * crop_size) / (h * w) > 1.0:
-            return CropParams(top, left, h, w, flip)
-    fg = np.flatnonzero(mask)
-    if fg.size:
-        y, x = divmod(int(fg[fg.size // 2]), mask.shape[1])
-        top = min(max(y - h // 2, 0), mask.shape[0] - h)
-        left = min(max(x - w // 2, 0), mask.shape[1] - w)
-    return CropParams(top, left, h, w, flip)
+from tests.data_helpers import reference_sample_crop
 
 
 def masks(rng):

@@ -3,7 +3,6 @@
 import re
 import shutil
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,45 +11,11 @@ from PIL import Image
 from pipeline import dali_loader
 from pipeline.loaders import make_eval_loader, make_train_loader, resolve_backend
 from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD, DatasetError, Pair
+from tests.data_helpers import SHIFT, write_triplets
 
 HAVE_DALI = dali_loader.DALI_IMPORT_ERROR is None
 needs_dali = pytest.mark.skipif(not HAVE_DALI, reason=f"DALI not importable: {dali_loader.DALI_IMPORT_ERROR}")
 BACKENDS = ["torch", pytest.param("dali", marks=needs_dali)]
-SHIFT = 100  # the composite is the real image plus SHIFT inside the foreground, equal outside
-
-
-def write_triplets(root, n=12, seed=0):
-    """iHarmony4-like triplets: smooth real JPEG, 0/255 PNG mask, composite changed only inside it.
-
-    The foreground rectangle lies on the 8x8 JPEG block grid and the JPEGs are 4:4:4, so outside
-    the mask the two JPEGs decode to identical pixels.
-    """
-    rng = np.random.default_rng(seed)
-    for sub in ("composite_images", "masks", "real_images"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    pairs = []
-    for k in range(n):
-        h, w = (int(v) for v in rng.integers(96, 161, size=2))
-        low = Image.fromarray((rng.random((6, 6, 3)) * 120).astype(np.uint8))
-        real = np.asarray(low.resize((w, h), Image.BICUBIC)).clip(0, 120).astype(np.uint8)
-        mask = np.zeros((h, w), np.uint8)
-        y0, x0 = 8 * int(rng.integers(0, h // 16)), 8 * int(rng.integers(0, w // 16))
-        mask[y0 : y0 + 8 * int(rng.integers(3, 6)), x0 : x0 + 8 * int(rng.integers(3, 6))] = 255
-        comp = real.copy()
-        comp[mask > 0] += SHIFT
-        name = f"s{k}_1_{k}"
-        pair = Pair(
-            root / "composite_images" / f"{name}.jpg",
-            root / "masks" / f"s{k}_1.png",
-            root / "real_images" / f"s{k}.jpg",
-            "Synth",
-            name,
-        )
-        Image.fromarray(comp).save(pair.composite, quality=95, subsampling=0)
-        Image.fromarray(real).save(pair.real, quality=95, subsampling=0)
-        Image.fromarray(mask).save(pair.mask)
-        pairs.append(pair)
-    return pairs
 
 
 @pytest.fixture(scope="module")

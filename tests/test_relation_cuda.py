@@ -15,7 +15,7 @@ from kernels._dispatch import forced_launch
 from kernels.relation import relation_distill_loss_reference, relation_map_reference
 from kernels.relation.autograd import relation_distill_loss_triton, relation_map_triton
 from kernels.relation.launch import CONFIGS
-from kernels.testing import TOLERANCES, make_mask, tolerance
+from kernels.testing import TOLERANCES, make_features, make_mask, tolerance
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -31,12 +31,7 @@ def _mask(kind: str, b: int, h: int, w: int) -> torch.Tensor:
 
 
 def _feat(b: int, c: int, h: int, w: int, layout: str, dtype: torch.dtype) -> torch.Tensor:
-    x = torch.randn(b, c, h, w, device="cuda").to(dtype)
-    if layout == "cl":
-        x = x.to(memory_format=torch.channels_last)
-    elif layout == "strided":
-        x = x.transpose(2, 3).contiguous().transpose(2, 3)
-    return x.requires_grad_(True)
+    return make_features(b, c, h, w, layout, dtype, device="cuda")
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> None:

@@ -16,6 +16,7 @@ from kernels._dispatch import forced_launch
 from kernels.relation import relation_distill_loss_reference, relation_map_reference
 from kernels.relation.autograd import relation_distill_loss_triton, relation_map_triton
 from kernels.relation.launch import CONFIGS
+from kernels.testing import make_features, make_mask
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 GAMMA = 0.01
@@ -27,36 +28,6 @@ TOLS = [
     pytest.param(torch.float32, 1e-5, 1e-4, id="fp32"),
     pytest.param(torch.float16, 2e-3, 2e-3, id="fp16"),
 ]
-
-
-def make_mask(kind: str, b: int, h: int, w: int) -> torch.Tensor:
-    """Masks (B, 1, H, W): empty, full, single (one pixel), binary, soft, or mixed per sample."""
-    if kind == "mixed":
-        kinds = ("empty", "single", "soft", "full", "binary")
-        return torch.cat([make_mask(kinds[i % len(kinds)], 1, h, w) for i in range(b)])
-    if kind == "empty":
-        return torch.zeros(b, 1, h, w)
-    if kind == "full":
-        return torch.ones(b, 1, h, w)
-    if kind == "single":
-        m = torch.zeros(b, 1, h * w)
-        m[:, :, (h * w) // 2] = 1.0
-        return m.reshape(b, 1, h, w)
-    if kind == "binary":
-        return (torch.rand(b, 1, h, w) > 0.6).float()
-    if kind == "soft":
-        return torch.rand(b, 1, h, w)
-    raise ValueError(kind)
-
-
-def make_feat(b: int, c: int, h: int, w: int, layout: str, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
-    """Random features on DEVICE in NCHW, channels_last, or a layout that needs a copy."""
-    x = (torch.randn(b, c, h, w) * scale).to(dtype)
-    if layout == "cl":
-        x = x.to(memory_format=torch.channels_last)
-    elif layout == "strided":  # H and W swapped in memory: pixels are not evenly spaced
-        x = x.transpose(2, 3).contiguous().transpose(2, 3)
-    return x.to(DEVICE).requires_grad_(True)
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, terms: float = 0.0) -> None:
@@ -115,7 +86,7 @@ CASES = [
     pytest.param(3, 32, 7, 13, "binary", "nchw", id="b3-c32-7x13-binary"),
     pytest.param(3, 3, 7, 13, "empty", "cl", id="b3-c3-7x13-empty-cl"),
     pytest.param(1, 17, 7, 13, "full", "strided", id="b1-c17-7x13-full-strided"),
-    pytest.param(3, 256, 7, 13, "single", "nchw", id="b3-c256-7x13-single"),
+    pytest.param(3, 256, 7, 13, "one_pixel", "nchw", id="b3-c256-7x13-one_pixel"),
     pytest.param(3, 48, 13, 7, "mixed", "cl", id="b3-c48-13x7-mixed-cl"),
     pytest.param(1, 32, 64, 64, "soft", "nchw", id="b1-c32-64x64-soft"),
 ]
@@ -125,14 +96,14 @@ CASES = [
 @pytest.mark.parametrize(("dtype", "atol", "rtol"), TOLS)
 def test_map_and_loss_match_reference(b, c, h, w, mask_kind, layout, dtype, atol, rtol):
     mask = make_mask(mask_kind, b, h, w).to(DEVICE)
-    feat = make_feat(b, c, h, w, layout, dtype)
+    feat = make_features(b, c, h, w, layout, dtype, device=DEVICE)
     check_map(feat, mask, atol, rtol)
     check_loss(feat, mask, atol, rtol)
 
 
 def _random_small_cases(n: int, seed: int = 9) -> list[tuple]:
     rng = random.Random(seed)
-    kinds, layouts = ["empty", "full", "single", "binary", "soft", "mixed"], ["nchw", "cl", "strided"]
+    kinds, layouts = ["empty", "full", "one_pixel", "binary", "soft", "mixed"], ["nchw", "cl", "strided"]
     cases = []
     for _ in range(n):
         shape = (rng.randint(1, 3), rng.randint(1, 20), rng.randint(1, 9), rng.randint(1, 9))
@@ -144,7 +115,7 @@ def _random_small_cases(n: int, seed: int = 9) -> list[tuple]:
 def test_random_small_shapes(b, c, h, w, mask_kind, layout, chunk):
     """Seeded random small shapes, layouts and masks (seed 9 includes H = 1, W = 1 and C = 1)."""
     mask = make_mask(mask_kind, b, h, w).to(DEVICE)
-    feat = make_feat(b, c, h, w, layout, torch.float32)
+    feat = make_features(b, c, h, w, layout, torch.float32, device=DEVICE)
     with forced_launch(chunk=chunk):
         check_map(feat, mask, 1e-5, 1e-4)
         check_loss(feat, mask, 1e-5, 1e-4)
@@ -153,7 +124,7 @@ def test_random_small_shapes(b, c, h, w, mask_kind, layout, chunk):
 def test_wide_map_many_programs():
     """C = 256 at 64x64 (eight channel blocks) with eight programs per sample to combine."""
     mask = make_mask("binary", 1, 64, 64).to(DEVICE)
-    feat = make_feat(1, 256, 64, 64, "nchw", torch.float32)
+    feat = make_features(1, 256, 64, 64, "nchw", torch.float32, device=DEVICE)
     with forced_launch(chunk=512):
         check_map(feat, mask, 1e-5, 1e-4)
         check_loss(feat, mask, 1e-5, 1e-4)
@@ -163,7 +134,7 @@ def test_wide_map_many_programs():
 def test_every_tile_config(config):
     """Each autotune config (two channel blocks at C = 48, chunks of 64 pixels at 7x13)."""
     mask = make_mask("mixed", 3, 7, 13).to(DEVICE)
-    feat = make_feat(3, 48, 7, 13, "nchw", torch.float32)
+    feat = make_features(3, 48, 7, 13, "nchw", torch.float32, device=DEVICE)
     with forced_launch(config, chunk=64):
         check_map(feat, mask, 1e-5, 1e-4)
         check_loss(feat, mask, 1e-5, 1e-4)
@@ -191,7 +162,7 @@ def test_large_magnitudes(scale, offset):
 
 def test_teacher_gets_no_gradient_and_identical_maps_give_zero():
     mask = make_mask("binary", 3, 7, 13).to(DEVICE)
-    student = make_feat(3, 32, 7, 13, "nchw", torch.float32)
+    student = make_features(3, 32, 7, 13, "nchw", torch.float32, device=DEVICE)
     teacher = student.detach().clone().requires_grad_(True)
     loss = kernels.relation_distill_loss(student, teacher, mask, gamma=GAMMA, impl="triton")
     loss.backward()
@@ -219,7 +190,7 @@ def test_mixed_dtypes_and_bf16_wrapper():
     """fp16 student with an fp32 teacher computes in fp32; bf16 (exact fp32 on the interpreter,
     the bf16 kernels on a GPU) returns a bf16 gradient."""
     mask = make_mask("binary", 3, 7, 13).to(DEVICE)
-    student = make_feat(3, 32, 7, 13, "nchw", torch.float16)
+    student = make_features(3, 32, 7, 13, "nchw", torch.float16, device=DEVICE)
     teacher = torch.randn(3, 32, 7, 13, device=DEVICE)
     loss = relation_distill_loss_triton(student, teacher, mask, gamma=GAMMA)
     ref = relation_distill_loss_reference(student, teacher, mask, gamma=GAMMA)
@@ -228,12 +199,12 @@ def test_mixed_dtypes_and_bf16_wrapper():
     (grad_ref,) = torch.autograd.grad(ref, student)
     assert grad.dtype == torch.float16
     close(grad, grad_ref, 2e-3, 2e-3)
-    check_map(make_feat(3, 32, 7, 13, "nchw", torch.bfloat16), mask, 1e-2, 1e-2)
+    check_map(make_features(3, 32, 7, 13, "nchw", torch.bfloat16, device=DEVICE), mask, 1e-2, 1e-2)
 
 
 def test_deterministic():
     mask = make_mask("soft", 3, 7, 13).to(DEVICE)
-    student = make_feat(3, 48, 7, 13, "nchw", torch.float32)
+    student = make_features(3, 48, 7, 13, "nchw", torch.float32, device=DEVICE)
     teacher = torch.randn(3, 48, 7, 13, device=DEVICE)
     runs = []
     for _ in range(2):

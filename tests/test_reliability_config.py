@@ -22,23 +22,16 @@ from giftnet.model import GiftNet, build_model, build_teacher
 from giftnet.training.checkpoint import Progress, save_checkpoint
 from giftnet.training.cli import main
 from giftnet.weights import save_weights
+from tests.train_helpers import build_tiny_data, run_main, train_args
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from pipeline.synth import build_demo_dataset
-
-    root = build_demo_dataset(tmp_path_factory.mktemp("data"), n_train=8, n_test=4, size=40, seed=0)
-    (root / "HSynth" / "HSynth_test.txt").unlink()  # no evaluation
-    return root
+    return build_tiny_data(tmp_path_factory.mktemp("data"), n_train=8, test_split=False)
 
 
 def args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--data", str(data), "--out", str(out), "--epochs", "1", "--teacher-epochs", "1", "--batch-size", "4",
-        "--crop-size", "32", "--base-channels", "8", "--backend", "torch", "--workers", "0", "--eval-every", "0",
-        *extra,
-    ]  # fmt: skip
+    return train_args(data, out, *extra, epochs=1, eval_every=0)
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +52,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
     data = out["teacher8"].read_bytes()
     out["cut"].write_bytes(data[: len(data) // 2])
     return out
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str]:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return code, err
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,7 @@ def test_checker_reports_full_masks_and_blank_lines_with_the_rest(tmp_path):
 
 @pytest.fixture(scope="module")
 def clean_data(tmp_path_factory) -> Path:
-    from pipeline.synth import build_demo_dataset
+    from pipeline.builders.synth import build_demo_dataset
 
     return build_demo_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_test=4, size=40, seed=0)
 

@@ -7,9 +7,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,32 +19,24 @@ from giftnet.model import build_teacher
 from giftnet.training import loop
 from giftnet.training.checkpoint import load_checkpoint, read_metadata
 from giftnet.training.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-# One intra-op thread here and in the trainers started: two test workers on two cores, each with
-# torch's default of one thread per core, spin-wait on each other and run ~10x slower.
-ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
-    "PYTHONPATH": str(ROOT),
-    "OMP_NUM_THREADS": "1",
-}
+from tests.train_helpers import (
+    assert_same_weights,
+    build_tiny_data,
+    start_train_py,
+    stats_lines,
+    train_args,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from pipeline.synth import build_demo_dataset
-
-    root = build_demo_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_test=4, size=40, seed=0)
-    (root / "HSynth" / "HSynth_test.txt").unlink()  # no test split: no evaluation, a faster run
-    return root
+    return build_tiny_data(tmp_path_factory.mktemp("data"), test_split=False)
 
 
 def args(data: Path, out: Path, *extra: str) -> list[str]:
     """4 reconstruction steps, then 4 harmonization steps; a checkpoint and a stats line after every step."""
-    return [
-        "--data", str(data), "--out", str(out), "--epochs", "1", "--teacher-epochs", "1", "--batch-size", "4",
-        "--crop-size", "32", "--eval-size", "32", "--base-channels", "8", "--ckpt-every", "1", "--log-every", "1",
-        "--keep-last", "2", "--backend", "torch", "--workers", "0", "--eval-every", "0", *extra,
-    ]  # fmt: skip
+    return train_args(data, out, "--keep-last", "2", *extra, epochs=1, eval_every=0, every=1)
 
 
 TOTAL_STEPS = 8
@@ -60,36 +49,14 @@ def reference(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(a), load_file(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), f"{k} differs between {a} and {b}"
-
-
-def stats_lines(out: Path) -> int:
-    try:
-        return len((out / "stats.jsonl").read_text().splitlines())
-    except FileNotFoundError:
-        return 0
-
-
 @pytest.mark.slow
 def test_repeated_sigkills_at_random_steps_end_with_the_uninterrupted_weights(tiny_data, reference, tmp_path):
     out = tmp_path / "killed"
     kills = sorted(random.Random(8).sample(range(1, TOTAL_STEPS), 4))  # steps seen in stats.jsonl before a kill
     for target in kills:
         resume = ["--resume", str(out)] if (out / "config.json").exists() else []
-        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args(tiny_data, out), *resume],
-                                env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        end = time.monotonic() + 120
-        while stats_lines(out) < target:
-            if proc.poll() is not None:
-                pytest.fail(f"trainer ended before step {target}:\n{proc.stdout.read()}")
-            if time.monotonic() > end:
-                proc.kill()
-                pytest.fail(f"step {target} not reached in 120 s")
-            time.sleep(0.005)
+        proc = start_train_py([*args(tiny_data, out), *resume])
+        wait_until(lambda t=target: stats_lines(out) >= t, f"step {target}", proc, poll=0.005)
         proc.send_signal(signal.SIGKILL)  # at any point: mid-step, mid-checkpoint, mid-log line
         proc.wait()
         proc.stdout.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,29 +17,21 @@ from giftnet.training.cli import main
 from giftnet.training.config import TrainConfig
 from giftnet.training.loop import Context, build_stage_model
 from giftnet.training.precision import cpu_supports
-from tests.train_helpers import assert_same_weights, free_port, wait_for
+from tests.train_helpers import (
+    ENV,
+    ROOT,
+    assert_same_weights,
+    free_port,
+    train_args,
+    train_py,
+    wait_for,
+)
 from tests.train_helpers import start_train_py as start
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
-    "PYTHONPATH": str(ROOT),
-    "OMP_NUM_THREADS": "1",
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from pipeline.synth import build_demo_dataset
-
-    return build_demo_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_test=4, size=40, seed=0)
 
 
 def args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--data", str(data), "--out", str(out), "--epochs", "3", "--teacher-epochs", "1", "--batch-size", "4",
-        "--crop-size", "32", "--eval-size", "32", "--base-channels", "8", "--ckpt-every", "2", "--log-every", "2",
-        "--backend", "torch", "--workers", "0", "--eval-every", "0", *extra,
-    ]  # fmt: skip
+    """3 harmonization epochs, no evaluation."""
+    return train_args(data, out, *extra, epochs=3, eval_every=0)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +51,7 @@ def test_resume_after_sigkill_ends_with_identical_weights(tiny_data, reference_r
         wait_for(pattern, out, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--resume", str(out)], env=ENV, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = train_py(["--resume", str(out)])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resumed harmonization" in done.stdout
     assert_same_weights(reference_run / "model.safetensors", out / "model.safetensors")
@@ -97,9 +87,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_da
     # rounding-only gap, measured side by side, or within 3% of the update; a DDP bug (averaging,
     # SyncBN, shards) moves the weights by a sizeable part of the update.
     for out, threads in ((single_out, "1"), (threads_out, "2")):
-        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args(tiny_data, out), *sgd],
-                              env=ENV | {"OMP_NUM_THREADS": threads}, cwd=ROOT, capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+        done = train_py([*args(tiny_data, out), *sgd], env={"OMP_NUM_THREADS": threads}, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), str(ROOT / "train.py"), *args(tiny_data, ddp_out), *sgd]  # fmt: skip

@@ -35,18 +35,12 @@ from tests.train_helpers import (
     ENV,
     ROOT,
     assert_same_weights,
-    build_tiny_data,
     free_port,
     start_train_py,
     train_args,
     train_py,
     wait_for,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return build_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,24 +22,42 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GIF
 }
 
 
-def build_tiny_data(folder: Path, n_test: int = 4) -> Path:
-    from pipeline.synth import build_demo_dataset
+def build_tiny_data(folder: Path, n_test: int = 4, *, n_train: int = 16, test_split: bool = True) -> Path:
+    """The demo dataset at 40 px; without `test_split` no test list (no evaluation: a faster run)."""
+    from pipeline.builders.synth import build_demo_dataset
 
-    return build_demo_dataset(folder, n_train=16, n_test=n_test, size=40, seed=0)
+    root = build_demo_dataset(folder, n_train=n_train, n_test=n_test, size=40, seed=0)
+    if not test_split:
+        (root / "HSynth" / "HSynth_test.txt").unlink()
+    return root
 
 
-def train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    """1 reconstruction epoch, then 2 harmonization epochs of 4 steps, evaluated after each epoch."""
+def train_args(data: Path, out: Path, *extra: str, epochs: int = 2, eval_every: int = 1, every: int = 2) -> list[str]:
+    """1 reconstruction epoch, then `epochs` harmonization epochs of 4 steps (16 pairs, batch 4),
+    evaluated every `eval_every` epochs (0: never), a checkpoint and a stats line every `every` steps."""
     return [
-        "--data", str(data), "--out", str(out), "--epochs", "2", "--teacher-epochs", "1", "--batch-size", "4",
-        "--crop-size", "32", "--eval-size", "32", "--base-channels", "8", "--ckpt-every", "2", "--log-every", "2",
-        "--backend", "torch", "--workers", "0", "--eval-every", "1", *extra,
+        "--data", str(data), "--out", str(out), "--epochs", str(epochs), "--teacher-epochs", "1",
+        "--batch-size", "4", "--crop-size", "32", "--eval-size", "32", "--base-channels", "8",
+        "--ckpt-every", str(every), "--log-every", str(every), "--backend", "torch", "--workers", "0",
+        "--eval-every", str(eval_every), *extra,
     ]  # fmt: skip
 
 
-def train_py(argv: list[str], hook: str | None = None, **kw) -> subprocess.CompletedProcess:
-    """train.py in a subprocess (with GIFTNET_TEST_HOOK=hook if given)."""
-    env = ENV | ({"GIFTNET_TEST_HOOK": hook} if hook else {})
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The trainer's CLI in this process: (exit code, stderr); a traceback on stderr fails the test."""
+    from giftnet.training.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def train_py(
+    argv: list[str], hook: str | None = None, env: dict[str, str] | None = None, **kw
+) -> subprocess.CompletedProcess:
+    """train.py in a subprocess (with GIFTNET_TEST_HOOK=hook if given, `env` added to ENV)."""
+    env = ENV | (env or {}) | ({"GIFTNET_TEST_HOOK": hook} if hook else {})
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw)  # fmt: skip
 
@@ -48,15 +67,32 @@ def start_train_py(argv: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
-def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_until(
+    done: Callable[[], bool], what: str, proc: subprocess.Popen, timeout: float = 120, poll: float = 0.01
+) -> None:
+    """Poll `done()` while the trainer `proc` runs; fail naming `what` if it ends first or time runs out."""
     end = time.monotonic() + timeout
-    while not list(folder.glob(pattern)):
+    while not done():
         if proc.poll() is not None:
-            pytest.fail(f"trainer ended before {pattern} appeared:\n{proc.stdout.read()}")
+            output = proc.stdout.read() if proc.stdout is not None else ""
+            pytest.fail(f"trainer ended before {what}:\n{output}")
         if time.monotonic() > end:
             proc.kill()
-            pytest.fail(f"no {pattern} within {timeout} s")
-        time.sleep(0.01)
+            pytest.fail(f"waited {timeout} s in vain until {what}")
+        time.sleep(poll)
+
+
+def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until a file matching `pattern` appears in `folder`."""
+    wait_until(lambda: bool(list(folder.glob(pattern))), f"{pattern} appeared", proc, timeout)
+
+
+def stats_lines(out: Path) -> int:
+    """Lines in the run's stats.jsonl (0 before it exists)."""
+    try:
+        return len((out / "stats.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
 
 
 def free_port() -> int:

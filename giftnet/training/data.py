@@ -29,7 +29,7 @@ def data_root(cfg: TrainConfig) -> Path:
     n_train, n_test = cfg.demo_pairs
     root = cache_dir() / f"demo-{cfg.demo_size}px-{n_train}-{n_test}-seed{cfg.seed}"
     if dist.is_main():
-        from pipeline.synth import build_demo_dataset
+        from pipeline.builders.synth import build_demo_dataset
 
         build_demo_dataset(root, n_train=n_train, n_test=n_test, size=cfg.demo_size, seed=cfg.seed)
     dist.barrier()

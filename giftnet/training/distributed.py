@@ -28,8 +28,8 @@ def init(device_kind: str = "auto") -> torch.device:
         device = torch.device("cpu")
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
-        kwargs = {"device_id": device} if use_cuda else {}
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+        device_id = device if use_cuda else None  # None: torch's default
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), device_id=device_id)
     return device
 
 

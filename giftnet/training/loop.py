@@ -76,7 +76,7 @@ class Stage:
     name: str
     epochs: int
     model: torch.nn.Module  # DDP-wrapped under torchrun
-    step_model: torch.nn.Module  # `model`, or its torch.compile
+    step_model: Callable[..., dict[str, torch.Tensor]]  # `model`, or its torch.compile
     teacher: GiftNet | None
     loader: TrainLoader
     optimizer: torch.optim.Optimizer
@@ -221,14 +221,15 @@ def load_teacher(ctx: Context) -> GiftNet:
             f"but the model being trained has {ctx.cfg.model.base_channels}"
         )
     if ctx.channels_last:
-        teacher.to(memory_format=torch.channels_last)
+        # torch's stubs list Module.to's overloads without memory_format, which Module.to accepts
+        teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return teacher.eval().requires_grad_(False)
 
 
 def prepare(ctx: Context, model: torch.nn.Module) -> torch.nn.Module:
     model.to(ctx.device)
     if ctx.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # as in load_teacher
     if dist.world_size() > 1:
         if ctx.cfg.sync_bn:
             model = convert_sync_batchnorm(model, ctx.device)
@@ -238,7 +239,10 @@ def prepare(ctx: Context, model: torch.nn.Module) -> torch.nn.Module:
 
 
 def unwrap(model: torch.nn.Module) -> GiftNet:
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    if not isinstance(inner, GiftNet):
+        raise TypeError(f"expected a GiftNet, plain or DDP-wrapped, got {type(inner).__name__}")
+    return inner
 
 
 def stage_loss_config(ctx: Context, stage: str) -> LossConfig:
@@ -427,6 +431,7 @@ def evaluation_due(ctx: Context, st: Stage) -> bool:
 def evaluate_and_checkpoint(ctx: Context, st: Stage) -> None:
     """Evaluate (eval mode, no side effect on training) and save a checkpoint that holds the result,
     so that a kill after any file the evaluation writes resumes to the same run."""
+    assert ctx.evaluate is not None, "called only when evaluation_due, which needs ctx.evaluate"
     ctx.evaluate(unwrap(st.model), st.progress)
     st.model.train()
     st.progress.evaluated = st.progress.step

@@ -74,7 +74,7 @@ class Monitor:
             parts = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
             print(f"{record['time']}  {self.stage} epoch {epoch} step {step}/{self.total}  {parts}  lr {lr:.3g}  "
                   f"{rate:.1f} img/s  eta {self.eta(step)}{mem}", flush=True)  # fmt: skip
-        else:
+        elif self.progress is not None:  # None once closed
             info = f"ep {epoch} lr {lr:.0e} {shown} {rate:.1f} img/s{mem}"
             self.progress.update(self.task, completed=step, info=info)
 

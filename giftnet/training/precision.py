@@ -7,11 +7,11 @@ import importlib.util
 
 import torch
 
-from giftnet.choices import PRECISION_DTYPES
+from giftnet.choices import PRECISION_DTYPES, Precision
 from giftnet.errors import UsageError
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: Precision, device: torch.device) -> Precision:
     """ "auto" -> bf16 on GPUs that support it (Ampere and newer), fp16 on older GPUs, fp32 on the CPU."""
     if precision != "auto":
         if device.type == "cpu" and precision == "fp16" and not cpu_supports("fp16"):

@@ -6,6 +6,7 @@ it into a message and exit 2); a signal ends with 128+N and a resumable folder.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import torch
@@ -96,15 +97,15 @@ def run_stages(ctx: Context, stages: list[str], train_pairs: list) -> int:
     folder = ctx.folder
     for stage in stages:
         if stage == "reconstruction":
-            teacher, _ = train_stage(ctx, stage, train_pairs, None)
+            branch, _ = train_stage(ctx, stage, train_pairs, None)
             if dist.is_main():
-                folder.export("teacher", lambda p, m=teacher: save_weights(m, p), folder / TEACHER_FILE)
+                folder.export("teacher", functools.partial(save_weights, branch), folder / TEACHER_FILE)
             dist.barrier()
             continue
         teacher = load_teacher(ctx) if ctx.cfg.needs_teacher else None
         model, _ = train_stage(ctx, stage, train_pairs, teacher)
         if dist.is_main():
-            folder.export("model", lambda p, m=model: save_weights(m, p), folder / MODEL_FILE)
+            folder.export("model", functools.partial(save_weights, model), folder / MODEL_FILE)
             ctx.log(f"exported {folder / MODEL_FILE}")
     if dist.is_main() and write_plot(folder):
         ctx.log(f"loss curves: {folder / 'loss.png'}")
@@ -113,7 +114,7 @@ def run_stages(ctx: Context, stages: list[str], train_pairs: list) -> int:
 
 def plan_stages(ctx: Context) -> list[str]:
     cfg = ctx.cfg
-    stages = list(STAGE_ORDER) if cfg.stage == "all" else [cfg.stage]
+    stages: list[str] = list(STAGE_ORDER) if cfg.stage == "all" else [cfg.stage]
     if cfg.stage == "all" and (cfg.teacher_weights or not cfg.needs_teacher):
         stages.remove("reconstruction")  # a teacher is given, or none is needed
     latest = ctx.folder.latest_checkpoint()
@@ -135,7 +136,7 @@ def truncate_logs(ctx: Context) -> None:
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict[str, object] = {}
     for k, v in config.items():
         out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
     return out

@@ -25,12 +25,14 @@ class CpuSyncBatchNorm2d(nn.BatchNorm2d):
         mean = all_reduce(xf.sum(dim=(0, 2, 3))) / count
         centred = xf - mean[None, :, None, None]
         var = all_reduce(centred.square().sum(dim=(0, 2, 3))) / count
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-            unbiased = var.detach() * count / (count - 1).clamp_min(1)
-            self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        if tracked is not None and running_mean is not None and running_var is not None:  # track_running_stats
+            with torch.no_grad():
+                tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(tracked)
+                running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                unbiased = var.detach() * count / (count - 1).clamp_min(1)
+                running_var.mul_(1 - m).add_(unbiased, alpha=m)
         y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]

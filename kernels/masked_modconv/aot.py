@@ -30,7 +30,7 @@ def _fwd_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
         for dim in "bchw":
             strides[f"stride_{tensor}{dim}"] = 1 if dim == unit else "i32"
     strides |= {"stride_mb": "i32", "stride_mh": "i32", "stride_mw": 1}
-    sig |= {k: v for k, v in strides.items() if v != 1}
+    sig |= {k: v for k, v in strides.items() if isinstance(v, str)}  # the non-unit ones, "i32"
     unit_strides = {k: 1 for k, v in strides.items() if v == 1}
     return [
         AotSpec(
@@ -57,7 +57,7 @@ def _corr_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
         for dim in "bchw":
             strides[f"stride_{tensor}{dim}"] = 1 if dim == unit else "i32"
     strides |= {"stride_mb": "i32", "stride_mh": "i32", "stride_mw": 1}
-    sig |= {k: v for k, v in strides.items() if v != 1}
+    sig |= {k: v for k, v in strides.items() if isinstance(v, str)}  # the non-unit ones, "i32"
     unit_strides = {k: 1 for k, v in strides.items() if v == 1}
     return [
         AotSpec(

@@ -44,12 +44,14 @@ def _channel_sum_kernel(
     offs_n0 = tl.arange(0, BLOCK_N)
     out_row = out_ptr + (pid_b * tl.num_programs(1) + pid_p) * C
     tile = offs_c0[:, None] * stride_xc + offs_n0[None, :] * stride_xp  # int32 within a tile
+    # Triton turns the loop counters `c0 = 0` into tensors (jit and interpreter alike); a type checker
+    # sees an int, hence the ignores on `c0.to(...)` in this file.
     c0 = 0
     while c0 < C:
         offs_c = c0 + offs_c0
         c_ok = offs_c < C
         center = tl.load(center_ptr + pid_b * C + offs_c, mask=c_ok, other=0.0)
-        x_c = x_ptr + pid_b * stride_xb + c0.to(tl.int64) * stride_xc
+        x_c = x_ptr + pid_b * stride_xb + c0.to(tl.int64) * stride_xc  # type: ignore[attr-defined]
         acc = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
         n0 = p_start
         while n0 < p_end:
@@ -155,7 +157,7 @@ def _logits_kernel(
             offs_c = c0 + offs_c0
             c_ok = offs_c < C
             f = tl.load(f_ptr + pid_b * C + offs_c, mask=c_ok, other=0.0)
-            x_tile = x_n + c0.to(tl.int64) * stride_xc
+            x_tile = x_n + c0.to(tl.int64) * stride_xc  # type: ignore[attr-defined]
             x = tl.load(x_tile + tile, mask=c_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
             diff = x - f[:, None]  # zero on padded channels: x and f load as 0 there
             d2 += diff * diff
@@ -302,8 +304,8 @@ def _grad_kernel(
             ok = c_ok[:, None] & n_ok[None, :]
             f = tl.load(f_ptr + pid_b * C + offs_c, mask=c_ok, other=0.0)
             g = tl.load(g_ptr + pid_b * C + offs_c, mask=c_ok, other=0.0)
-            x = tl.load(x_n + c0.to(tl.int64) * stride_xc + x_tile0, mask=ok, other=0.0).to(tl.float32)
+            x = tl.load(x_n + c0.to(tl.int64) * stride_xc + x_tile0, mask=ok, other=0.0).to(tl.float32)  # type: ignore[attr-defined]
             grad = coef * (mw[None, :] * g[:, None] - dz[None, :] * (x - f[:, None]))
-            tl.store(g_n + c0.to(tl.int64) * stride_gc + g_tile0, grad.to(grad_ptr.dtype.element_ty), mask=ok)
+            tl.store(g_n + c0.to(tl.int64) * stride_gc + g_tile0, grad.to(grad_ptr.dtype.element_ty), mask=ok)  # type: ignore[attr-defined]
             c0 += BLOCK_C
         n0 += BLOCK_N

@@ -1,4 +1,4 @@
-"""ccHarmony polynomial matching (docs/data.md, "ccHarmony") and the dataset builder's command line.
+"""ccHarmony polynomial matching (docs/data.md, "ccHarmony"): the colour maths the builders share.
 
 A colour (r, g, b) on 0-255 has 11 polynomial terms [r, g, b, rg, rb, gb, r^2, g^2, b^2, rgb, 1].
 A 3x11 matrix T maps terms to colours: fit by least squares from the 24 ColorChecker patches.
@@ -8,15 +8,10 @@ maps standard colours to b's illumination; a composite's foreground is T'_b(T_a(
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from giftnet.errors import UsageError, run_cli
-from giftnet.messages import first_n
 from pipeline.pairs import DatasetError
 
 # sRGB ColorChecker 2005 values in the released dataset's patch order (white first).
@@ -119,79 +114,3 @@ def load_matrix(path: str | Path) -> np.ndarray:
     if matrix.shape != (3, N_TERMS):
         raise DatasetError(f"{path}: expected a (3, {N_TERMS}) matrix, got shape {matrix.shape}")
     return matrix.astype(np.float64)
-
-
-PROG = "python -m pipeline.ccharmony"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Build a ccHarmony-style dataset (iHarmony4 layout) by polynomial illumination transfer. "
-        "The released masks, patch colours and matrices come from bcmi/Image-Harmonization-Dataset-ccHarmony "
-        "(folders or the released .zip files); the 350 photos from the NUS 8-camera and Gehler-Shi "
-        "colour-constancy datasets (see docs/data.md).",
-    )
-    parser.add_argument("--photos", type=Path, required=True, help="photos NAME.jpg (or .png/.tif): a folder or .zip")
-    parser.add_argument(
-        "--masks", type=Path, required=True, help="foreground masks NAME_a.png (folder or foreground_masks.zip)"
-    )
-    parser.add_argument(
-        "--patches", type=Path, help="patch colours NAME.csv, 24 rows R,G,B (folder or patch_colors.zip)"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="dataset root to write (a subset folder inside)")
-    parser.add_argument("--subset", default="ccHarmony", help="subset folder name (default ccHarmony)")
-    parser.add_argument("--per-foreground", type=int, default=10, help="composites per foreground (paper: 10)")
-    parser.add_argument("--train-list", type=Path, help="foreground ids of the train split (released train_list.txt)")
-    parser.add_argument("--test-list", type=Path, help="foreground ids of the test split (released test_list.txt)")
-    parser.add_argument(
-        "--matrices",
-        type=Path,
-        help="released IMAGE.npy/IMAGE_reverse.npy instead of fitting --patches "
-        "(folder or polynomial_matching_coefficients.zip)",
-    )
-    parser.add_argument("--max-side", type=int, default=0, help="resize photos so the long side is at most this")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser
-
-
-def _run(args: argparse.Namespace) -> int:
-    from pipeline.ccharmony_build import build_cc_dataset
-    from pipeline.unpack import folder_or_zip
-
-    if args.patches is None and args.matrices is None:
-        raise UsageError("give --patches (colours to fit) or --matrices (the released matrices)")
-    if args.per_foreground < 1:
-        raise UsageError(f"--per-foreground must be >= 1, got {args.per_foreground}")
-    with contextlib.ExitStack() as stack:
-
-        def unpack(path: Path, what: str) -> Path:
-            return stack.enter_context(folder_or_zip(path, what))
-
-        report = build_cc_dataset(
-            unpack(args.photos, "--photos"),
-            unpack(args.masks, "--masks"),
-            None if args.matrices or args.patches is None else unpack(args.patches, "--patches"),
-            args.out,
-            subset=args.subset,
-            per_foreground=args.per_foreground,
-            train_list=args.train_list,
-            test_list=args.test_list,
-            matrices=None if args.matrices is None else unpack(args.matrices, "--matrices"),
-            max_side=args.max_side or None,
-            seed=args.seed,
-        )
-    print(f"wrote {report.root / args.subset}: {report.summary()}")
-    if report.missing:
-        print(f"masks without a photo in {args.photos}: {first_n(report.missing, 5, sep=', ')}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.ccharmony --photos DIR --masks DIR (--patches DIR | --matrices DIR) --out DIR`."""
-    args = build_parser().parse_args(argv)
-    return run_cli(PROG, lambda: _run(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,10 @@
-"""`python -m pipeline.prepare`: a resized copy of an iHarmony4-layout dataset (HAdobe5k's 6000 px photos).
+"""`python -m pipeline.builders.prepare`: a resized copy of an iHarmony4-layout dataset (HAdobe5k's 6000 px photos).
 
 HAdobe5k's images reach 6000 px on a side; the papers train and test on copies whose long side
 is at most 1024 (iSSAM's LimitLongest1024). This command writes such a copy once, so the loaders
 stop decoding 30-megapixel JPEGs every epoch:
 
-    python -m pipeline.prepare --data /data/iHarmony4 --out /data/iHarmony4-1024 [--subsets HAdobe5k]
+    python -m pipeline.builders.prepare --data /data/iHarmony4 --out /data/iHarmony4-1024 [--subsets HAdobe5k]
 
 Each composite, mask and real image whose long side exceeds `--max-side` is resized with
 OpenCV's INTER_LINEAR on uint8 (pipeline.resize: what iSSAM's resize does) and saved as JPEG
@@ -34,7 +34,7 @@ from pipeline.ihd import SPLITS, list_subsets, read_pairs, subset_list_file
 from pipeline.images import JPEG_QUALITY, open_image, read_mask, read_rgb
 from pipeline.resize import cv2_linear_resize_u8
 
-PROG = "python -m pipeline.prepare"
+PROG = "python -m pipeline.builders.prepare"
 RECORD = "prepare.json"
 VERSION = 1
 

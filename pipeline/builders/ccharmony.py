@@ -1,4 +1,5 @@
-"""Build a ccHarmony-style dataset in the iHarmony4 layout from photos, foreground masks and patch CSVs.
+"""`python -m pipeline.builders.ccharmony`: a ccHarmony-style dataset in the iHarmony4 layout from photos,
+foreground masks and patch CSVs (or the released matrices).
 
 The 350 photos are not in the ccHarmony repository (bcmi/Image-Harmonization-Dataset-ccHarmony,
 which releases the masks, patch colours, matrices and split lists): they are the colour-constancy
@@ -15,6 +16,9 @@ rules (real id = text before the first '_') recover it. `pairs.csv` records whic
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +26,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.ccharmony import load_matrix, matrices_from_patches, read_patch_csv, transfer
+from giftnet.errors import UsageError, run_cli
+from giftnet.messages import first_n
+from pipeline.builders.cc_matching import load_matrix, matrices_from_patches, read_patch_csv, transfer
+from pipeline.builders.subset_writer import fingerprint, finish_subset, scratch_subset, write_list
+from pipeline.builders.unpack import folder_or_zip
 from pipeline.ihd import COMPOSITE_DIR, MASK_DIR, REAL_DIR, read_list_lines
 from pipeline.images import read_mask, read_rgb, write_jpeg, write_mask
-from pipeline.layout import fingerprint, finish_subset, scratch_subset, write_list
 from pipeline.pairs import DatasetError
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".JPG", ".JPEG", ".PNG")
@@ -223,3 +230,76 @@ def build_cc_dataset(
         }
         finish_subset(scratch, out / subset, params)
     return report
+
+
+PROG = "python -m pipeline.builders.ccharmony"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Build a ccHarmony-style dataset (iHarmony4 layout) by polynomial illumination transfer. "
+        "The released masks, patch colours and matrices come from bcmi/Image-Harmonization-Dataset-ccHarmony "
+        "(folders or the released .zip files); the 350 photos from the NUS 8-camera and Gehler-Shi "
+        "colour-constancy datasets (see docs/data.md).",
+    )
+    parser.add_argument("--photos", type=Path, required=True, help="photos NAME.jpg (or .png/.tif): a folder or .zip")
+    parser.add_argument(
+        "--masks", type=Path, required=True, help="foreground masks NAME_a.png (folder or foreground_masks.zip)"
+    )
+    parser.add_argument(
+        "--patches", type=Path, help="patch colours NAME.csv, 24 rows R,G,B (folder or patch_colors.zip)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="dataset root to write (a subset folder inside)")
+    parser.add_argument("--subset", default="ccHarmony", help="subset folder name (default ccHarmony)")
+    parser.add_argument("--per-foreground", type=int, default=10, help="composites per foreground (paper: 10)")
+    parser.add_argument("--train-list", type=Path, help="foreground ids of the train split (released train_list.txt)")
+    parser.add_argument("--test-list", type=Path, help="foreground ids of the test split (released test_list.txt)")
+    parser.add_argument(
+        "--matrices",
+        type=Path,
+        help="released IMAGE.npy/IMAGE_reverse.npy instead of fitting --patches "
+        "(folder or polynomial_matching_coefficients.zip)",
+    )
+    parser.add_argument("--max-side", type=int, default=0, help="resize photos so the long side is at most this")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.patches is None and args.matrices is None:
+        raise UsageError("give --patches (colours to fit) or --matrices (the released matrices)")
+    if args.per_foreground < 1:
+        raise UsageError(f"--per-foreground must be >= 1, got {args.per_foreground}")
+    with contextlib.ExitStack() as stack:
+
+        def unpack(path: Path, what: str) -> Path:
+            return stack.enter_context(folder_or_zip(path, what))
+
+        report = build_cc_dataset(
+            unpack(args.photos, "--photos"),
+            unpack(args.masks, "--masks"),
+            None if args.matrices or args.patches is None else unpack(args.patches, "--patches"),
+            args.out,
+            subset=args.subset,
+            per_foreground=args.per_foreground,
+            train_list=args.train_list,
+            test_list=args.test_list,
+            matrices=None if args.matrices is None else unpack(args.matrices, "--matrices"),
+            max_side=args.max_side or None,
+            seed=args.seed,
+        )
+    print(f"wrote {report.root / args.subset}: {report.summary()}")
+    if report.missing:
+        print(f"masks without a photo in {args.photos}: {first_n(report.missing, 5, sep=', ')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.builders.ccharmony --photos DIR --masks DIR (--patches DIR | --matrices DIR) --out DIR`."""
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: _run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

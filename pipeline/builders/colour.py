@@ -15,7 +15,7 @@ from importlib import resources
 import numpy as np
 from skimage.color import lab2rgb, rgb2lab
 
-from pipeline.ccharmony import transfer
+from pipeline.builders.cc_matching import transfer
 
 CHANGE_KINDS = ("lab_transfer", "histogram", "tone", "illumination")
 
