@@ -23,6 +23,7 @@ from giftnet.config import ModelConfig
 from giftnet.errors import WeightsError
 from giftnet.model import build_model, build_teacher
 from giftnet.training import loop
+from giftnet.training import evaluation as evaluation_module
 from giftnet.training import run as run_module
 from giftnet.training.checkpoint import Progress, checkpoint_bytes, load_checkpoint, read_metadata, read_progress
 from giftnet.training.cli import main
@@ -31,9 +32,11 @@ from giftnet.training.evaluation import make_evaluator
 from giftnet.weights import save_weights
 from pipeline.augment import epoch_order
 from pipeline.ihd import read_pairs
+from pipeline.validation import carve_validation
 from tests.train_helpers import (
     ENV,
     ROOT,
+    TINY_VAL_FRACTION,
     assert_same_weights,
     build_tiny_data,
     free_port,
@@ -57,8 +60,9 @@ def evaluated_run(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
-def eval_records(out: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["model"]["all"]["mse"]) for r in map(json.loads, (out / "eval.jsonl").open())]
+def eval_records(out: Path, split: str = "validation") -> list[tuple[int, float]]:
+    records = map(json.loads, (out / "eval.jsonl").open())
+    return [(r["step"], r["model"]["all"]["mse"]) for r in records if r["split"] == split]
 
 
 def stats_steps(out: Path) -> list[tuple[str, int]]:
@@ -81,7 +85,8 @@ def test_an_evaluation_leaves_parameters_buffers_and_random_streams_untouched(ti
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = rng_states()
     progress = Progress(epoch=1, step=4)
-    make_evaluator(ctx, read_pairs(tiny_data, split="test"))(model, progress)
+    val = carve_validation(read_pairs(tiny_data, split="train"), float(TINY_VAL_FRACTION))[1]
+    make_evaluator(ctx, val, read_pairs(tiny_data, split="test"))(model, progress)
     after = model.state_dict()
     changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
     assert not changed, changed  # num_batches_tracked and running stats included
@@ -104,9 +109,10 @@ def test_evaluating_every_epoch_gives_the_weights_of_a_run_without_evaluation(ti
 # --- 2. exact resume after a kill right after each kind of file --------------------------------
 
 # In the order the run writes them; each process resumes the folder and is killed after its N-th
-# write of that kind: stage 1, the first evaluation (and its checkpoint), the final one, exports.
+# write of that kind: stage 1, the first evaluation (validation line, best-model, test line, sample,
+# plot, its checkpoint), the final one, exports.
 KILLS = [
-    "config:1", "stats:1", "checkpoint:1", "teacher:1", "eval:1", "best:1", "sample:1", "plot:1",
+    "config:1", "stats:1", "checkpoint:1", "teacher:1", "eval:1", "best:1", "eval:2", "sample:1", "plot:1",
     "checkpoint:1", "eval:1", "model:1", "plot:1",
 ]  # fmt: skip
 
@@ -122,7 +128,8 @@ def test_a_kill_after_any_file_the_run_writes_resumes_to_the_same_run(tiny_data,
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for name in ("teacher.safetensors", "model.safetensors", "best-model.safetensors"):
         assert_same_weights(evaluated_run / name, out / name)
-    assert eval_records(out) == eval_records(evaluated_run)
+    for split in ("validation", "test"):
+        assert eval_records(out, split) == eval_records(evaluated_run, split)
     assert stats_steps(out) == stats_steps(evaluated_run)  # no step logged twice or lost
     assert not list(out.glob(".*.tmp")) and not list(out.glob("samples/.*.tmp"))
 
@@ -133,6 +140,48 @@ def test_the_epoch_end_checkpoint_holds_the_evaluation(evaluated_run):
     best = min(mse for _, mse in eval_records(evaluated_run))
     assert progress.best == best
     assert read_metadata_mse(evaluated_run / "best-model.safetensors") == best
+    assert [s for s, _ in eval_records(evaluated_run, "test")] == [4, 8]  # scored for reporting only
+
+
+def test_best_model_is_selected_on_validation_images_that_are_never_trained_on(tiny_data, tmp_path, monkeypatch):
+    trained, scored = [], []
+    real_loader, real_evaluate = loop.make_train_loader, evaluation_module.evaluate
+
+    def spy_loader(pairs, **kw):
+        trained.append(list(pairs))
+        return real_loader(pairs, **kw)
+
+    def spy_evaluate(model, pairs, **kw):
+        scored.append((kw["description"].split()[0], list(pairs)))
+        return real_evaluate(model, pairs, **kw)
+
+    monkeypatch.setattr(loop, "make_train_loader", spy_loader)
+    monkeypatch.setattr(evaluation_module, "evaluate", spy_evaluate)
+    out = tmp_path / "val"
+    assert main(train_args(tiny_data, out, "--epochs", "1")) == 0
+    val = {p.real for split, pairs in scored if split == "validation" for p in pairs}
+    test = {p.real for split, pairs in scored if split == "test" for p in pairs}
+    assert [len(t) for t in trained] == [16, 16] and len(val) == 3 and test  # both stages, 4 validation pairs
+    assert not val & {p.real for pairs in trained for p in pairs}  # no validation image is trained on
+    assert {p.real for p in read_pairs(tiny_data, split="train")} == val | {p.real for p in trained[0]}
+    records = [json.loads(line) for line in (out / "eval.jsonl").open()]
+    assert [r["split"] for r in records] == ["validation", "test"]
+    assert read_metadata_mse(out / "best-model.safetensors") == records[0]["model"]["all"]["mse"]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "best-model.safetensors"), framework="pt") as f:
+        assert f.metadata()["selected_on"] == "validation split"
+
+
+def test_without_a_validation_split_no_best_model_is_selected_and_the_log_says_so(tiny_data, tmp_path, capsys):
+    out = tmp_path / "noval"
+    argv = train_args(tiny_data, out, "--distill", "none", "--epochs", "1", "--val-fraction", "0")
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "no best model is selected; the result is model.safetensors, the last weights" in text
+    assert "for reporting only" in text
+    assert not (out / "best-model.safetensors").exists() and (out / "model.safetensors").is_file()
+    assert [r["split"] for r in map(json.loads, (out / "eval.jsonl").open())] == ["test"]
 
 
 def read_metadata_mse(path: Path) -> float:
@@ -352,7 +401,7 @@ def test_checkpoint_versions_unknown_refused_version_1_read(tmp_path):
 def test_a_bad_file_met_by_one_ddp_rank_stops_all_ranks_within_seconds(tiny_data, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(tiny_data, root)
-    pairs = read_pairs(root, split="train")
+    pairs = carve_validation(read_pairs(root, split="train"), float(TINY_VAL_FRACTION))[0]  # what is trained on
     victim = pairs[int(epoch_order(len(pairs), seed=0, epoch=0)[9])].composite  # the third global batch
     data = victim.read_bytes()
     victim.write_bytes(data[: data.index(b"\xff\xda") + 40])  # the header parses, the scan is cut
