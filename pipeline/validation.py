@@ -36,7 +36,8 @@ def carve_validation(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair]
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
     decided: dict[str, bool] = {}
-    train, val = [], []
+    train: list[Pair] = []
+    val: list[Pair] = []
     for pair in pairs:
         key = image_key(pair)
         if key not in decided:

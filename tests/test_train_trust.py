@@ -22,8 +22,8 @@ from safetensors.torch import load, save_file
 from giftnet.config import ModelConfig
 from giftnet.errors import WeightsError
 from giftnet.model import build_model, build_teacher
-from giftnet.training import loop
 from giftnet.training import evaluation as evaluation_module
+from giftnet.training import loop
 from giftnet.training import run as run_module
 from giftnet.training.checkpoint import Progress, checkpoint_bytes, load_checkpoint, read_metadata, read_progress
 from giftnet.training.cli import main
@@ -143,7 +143,9 @@ def test_the_epoch_end_checkpoint_holds_the_evaluation(evaluated_run):
     assert [s for s, _ in eval_records(evaluated_run, "test")] == [4, 8]  # scored for reporting only
 
 
-def test_best_model_is_selected_on_validation_images_that_are_never_trained_on(tiny_data, tmp_path, monkeypatch):
+def test_best_model_is_selected_on_validation_images_that_are_never_trained_on(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
     trained, scored = [], []
     real_loader, real_evaluate = loop.make_train_loader, evaluation_module.evaluate
 
@@ -171,6 +173,10 @@ def test_best_model_is_selected_on_validation_images_that_are_never_trained_on(t
 
     with safe_open(str(out / "best-model.safetensors"), framework="pt") as f:
         assert f.metadata()["selected_on"] == "validation split"
+    # stdout is not a terminal here: each evaluation's progress is a plain timestamped line
+    text = capsys.readouterr().out
+    for what in ("validation step 4 4/4", "test step 4 4/4"):
+        assert re.search(rf"^\S+\+00:00  {what}  \S+ img/s  eta 0:00:00$", text, re.M), text
 
 
 def test_without_a_validation_split_no_best_model_is_selected_and_the_log_says_so(tiny_data, tmp_path, capsys):
@@ -419,3 +425,59 @@ def test_a_bad_file_met_by_one_ddp_rank_stops_all_ranks_within_seconds(tiny_data
     assert (out / f"ckpt-reconstruction-{step:09d}.safetensors").is_file() or step == 0
     assert wall < 120, f"{wall:.0f} s to stop (the collective timeout is 30 min)"
     print(f"two gloo ranks stopped {wall:.1f} s after the start (including start-up)")
+
+
+# --- sample grids and the loss plot (issue 13) -----------------------------------------------------
+
+
+def test_sample_grids_label_their_columns_and_show_the_output_blended_as_harmonize_writes_it():
+    from giftnet.harmonize import harmonize_image
+    from giftnet.training.monitor import LABEL_HEIGHT, grid_image
+
+    g = torch.Generator().manual_seed(0)
+    comp, pred, real = (torch.randint(0, 256, (2, 3, 16, 16), generator=g).float() for _ in range(3))
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 4:12] = 1.0
+    mask[:, :, 4:12, 4] = 0.5  # a soft edge
+    grid = grid_image(comp, pred, real, mask)
+    assert grid.shape == (LABEL_HEIGHT + 2 * 16, 4 * 16, 3)
+    header, body = grid[:LABEL_HEIGHT], grid[LABEL_HEIGHT:].astype(np.int64)
+    assert (header < 128).any() and (header == 255).any()  # dark text on white
+    tile = lambda row, col: body[16 * row : 16 * row + 16, 16 * col : 16 * col + 16].transpose(2, 0, 1)  # noqa: E731
+    for i in range(2):
+        assert np.array_equal(tile(i, 0), comp[i].numpy())  # composite | mask | ours | real
+        assert np.array_equal(tile(i, 1), (mask[i].expand(3, -1, -1) * 255).round().numpy())
+        assert np.array_equal(tile(i, 3), real[i].numpy())
+        ours = tile(i, 2)
+        outside = mask[i, 0].numpy() == 0
+        assert np.array_equal(ours[:, outside], comp[i].numpy()[:, outside])  # untouched where the mask is 0
+        assert np.array_equal(ours[:, 6, 8], pred[i, :, 6, 8].numpy())  # mask 1: the prediction
+        soft = (comp[i, :, 6, 4] + 0.5 * (pred[i, :, 6, 4] - comp[i, :, 6, 4])).round()
+        assert np.array_equal(ours[:, 6, 4], soft.numpy())
+
+    class Fixed(torch.nn.Module):  # harmonize's own blend of a known prediction, at the same size
+        def forward(self, image, m):
+            return {"images": (pred[:1] / 255.0 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+                    / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)}  # fmt: skip
+
+    out = harmonize_image(Fixed(), comp[0].permute(1, 2, 0).byte().numpy(), mask[0, 0].numpy(), full_res=True)
+    assert np.abs(out.transpose(2, 0, 1).astype(np.int64) - tile(0, 2)).max() <= 1  # float rounding of pred
+
+
+def test_the_loss_plot_draws_the_stages_in_order_and_the_weighted_distillation_term():
+    from giftnet.training.monitor import loss_series, plot_losses
+
+    records = [
+        {"stage": "harmonization", "step": 2, "total": 0.5, "har": 0.4, "dis": 100.0},
+        {"stage": "reconstruction", "step": 2, "total": 0.3, "har": 0.3},
+        {"stage": "harmonization", "step": 4, "total": 0.45, "har": 0.35, "dis": 80.0},
+        {"stage": "reconstruction", "step": 4, "total": 0.2, "har": 0.2},
+    ]
+    series = loss_series(records, 1e-3)
+    assert [stage for stage, _ in series] == ["reconstruction", "harmonization"]
+    assert series[0][1] == {"total": ([2, 4], [0.3, 0.2]), "har": ([2, 4], [0.3, 0.2])}
+    harm = series[1][1]
+    assert list(harm) == ["total", "har", "0.001 x dis"]
+    assert harm["0.001 x dis"] == ([2, 4], [pytest.approx(0.1), pytest.approx(0.08)])
+    buf = __import__("io").BytesIO()
+    assert plot_losses(records, buf, 1e-3) and buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
