@@ -109,20 +109,25 @@ class GridView:
 
     def __init__(self, summary: MaskSummary) -> None:
         self.ys, self.xs, self.ys_list, self.xs_list, self.area = _geometry(*summary.shape, summary.sums.shape[0])
-        self.sums = summary.sums.astype(np.int64)
-        table = np.zeros((self.sums.shape[0] + 1, self.sums.shape[1] + 1), np.int64)
-        table[1:, 1:] = self.sums.cumsum(0).cumsum(1)
-        self.table = table.tolist()
+        self.raw = summary.sums  # uint32; their sums are taken in uint64 (no overflow)
+        self._sums: np.ndarray | None = None
+
+    @property
+    def sums(self) -> np.ndarray:
+        """The cell sums as int64, made when the exact bounds first need them."""
+        if self._sums is None:
+            self._sums = self.raw.astype(np.int64)
+        return self._sums
 
     def quick_bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
-        """Loose bounds in a few Python operations: the cells inside the window, the cells it touches."""
-        ys, xs, t = self.ys_list, self.xs_list, self.table
+        """Loose bounds from two slices of the cells: those inside the window, those it touches."""
+        ys, xs, sums = self.ys_list, self.xs_list, self.raw
         i0, i1 = bisect.bisect_left(ys, top), bisect.bisect_right(ys, top + h) - 1
         j0, j1 = bisect.bisect_left(xs, left), bisect.bisect_right(xs, left + w) - 1
-        low = t[i1][j1] - t[i0][j1] - t[i1][j0] + t[i0][j0] if i1 > i0 and j1 > j0 else 0
+        low = int(sums[i0:i1, j0:j1].sum()) if i1 > i0 and j1 > j0 else 0
         r0, r1 = bisect.bisect_right(ys, top) - 1, bisect.bisect_left(ys, top + h)
         c0, c1 = bisect.bisect_right(xs, left) - 1, bisect.bisect_left(xs, left + w)
-        return low, t[r1][c1] - t[r0][c1] - t[r1][c0] + t[r0][c0]
+        return low, int(sums[r0:r1, c0:c1].sum())
 
     def bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
         """(lowest, highest) possible sum of mask values in the window, exact to the cell sums."""
