@@ -37,19 +37,25 @@ from tests.train_helpers import (
     ENV,
     ROOT,
     TINY_VAL_FRACTION,
+    VAL_ARGS,
     assert_same_weights,
     build_tiny_data,
     free_port,
     start_train_py,
-    train_args,
     train_py,
     wait_for,
 )
+from tests.train_helpers import train_args as helper_train_args
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    return build_tiny_data(tmp_path_factory.mktemp("data"))
+    return build_tiny_data(tmp_path_factory.mktemp("data"), with_validation=True)
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """train_helpers.train_args with a validation split of 4 pairs (16 pairs left to train on)."""
+    return helper_train_args(data, out, *VAL_ARGS, *extra)
 
 
 @pytest.fixture(scope="module")

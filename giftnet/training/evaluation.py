@@ -62,7 +62,8 @@ def make_evaluator(ctx, val_pairs: list, test_pairs: list):
 
     def on_eval(model: GiftNet, progress: Progress) -> None:
         if dist.is_main():
-            with ctx.signals.interrupting(), preserved_rng():
+            scored = []
+            with ctx.signals.interrupting(), preserved_rng():  # a signal stops the scoring at once
                 ctx.folder.hook("eval-start")
                 for split, pairs in splits:
                     ctx.log(f"evaluating at step {progress.step} on {len(pairs)} {split} pairs")
@@ -71,8 +72,10 @@ def make_evaluator(ctx, val_pairs: list, test_pairs: list):
                         backend=cfg.backend, num_workers=cfg.workers, progress=True, precision=ctx.precision,
                         description=f"{split} step {progress.step}",
                     )  # fmt: skip
-                    record(ctx, model, progress, split, results)
+                    scored.append((split, results))
                 grid = sample_grid(ctx, model, splits[0][1])
+            for split, results in scored:  # the files are written outside it
+                record(ctx, model, progress, split, results)
             write_samples(ctx, progress, grid)
         dist.barrier()
 
