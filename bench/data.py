@@ -14,7 +14,7 @@ All three draw the same crops (pipeline.augment) at the same batch and crop size
 with pairs/s, CPU seconds per pair (this process and its children, user + system) and the 1-minute
 load average at its end, so a user can work out cores per GPU on a quiet machine.
 
-    python -m bench.data [--tiny] [--photos DIR --sides 640 1024] [--json OUT] [--markdown OUT.md]
+    python -m bench.data [--tiny] [--photos DIR --sides 0 640 1024] [--json OUT] [--markdown OUT.md]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _feed_worker(epochs: int, with_index: bool = True) -> tuple[int, float, floa
     with_index=False times the feeder this one replaced: bytes read, every mask decoded with PIL,
     the crop drawn on the decoded mask and its window cut out.
     """
-    pairs, masks, plan, crop = _FEED["pairs"], _FEED["masks"], _FEED["plan"], _FEED["crop"]
+    pairs, index, plan, crop = _FEED["pairs"], _FEED["index"], _FEED["plan"], _FEED["crop"]
     count = decoded = 0
     start, cpu = time.perf_counter(), time.process_time()
     for epoch in range(epochs):
@@ -103,7 +103,8 @@ def _feed_worker(epochs: int, with_index: bool = True) -> tuple[int, float, floa
                 np.ascontiguousarray(mask[p.top : p.top + p.height, p.left : p.left + p.width])
                 count, decoded = count + 1, decoded + 1
             continue
-        feed = TrainFeed(pairs, masks, crop_size=crop, seed=plan.seed, epoch=epoch, batches=batches)
+        feed = TrainFeed(pairs, index.masks, native=index.native, crop_size=crop, seed=plan.seed, epoch=epoch,
+                         batches=batches)  # fmt: skip
         for k in range(len(batches)):
             count += len(feed(k)[0])
         decoded += feed.decoded
@@ -114,7 +115,7 @@ def time_feeder(pairs: list[Pair], cfg: dict, cores: int, with_index: bool = Tru
     """The feeder alone in `cores` processes at once: per-process pairs/s, CPU s per pair."""
     _FEED.update(
         pairs=pairs,
-        masks=index_pairs(pairs).masks,
+        index=index_pairs(pairs),
         plan=ShardPlan(len(pairs), cfg["batch_size"], 0, 0, 1, True),
         crop=cfg["crop_size"],
     )
@@ -210,9 +211,9 @@ def run(
             lo, hi = (64, 96) if tiny else (256, 512)
             sets.append((make_triplets(Path(tmp), cfg["pairs"], min_side=lo, max_side=hi), f"synthetic {lo}-{hi} px"))
         else:
-            for side in sides:
-                made = from_photos(photos, Path(tmp) / str(side), cfg["pairs"], long_side=side)
-                sets.append((made, f"real photos, {side} px long side"))
+            for side in sides:  # 0: the photos at their own size
+                made = from_photos(photos, Path(tmp) / str(side), cfg["pairs"], long_side=side or None)
+                sets.append((made, f"real photos, {side} px long side" if side else "real photos, own size"))
         for made, images in sets:
             start = time.perf_counter()
             index_pairs(made)
@@ -277,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="CI smoke size (a few seconds on a CPU)")
     ap.add_argument("--photos", type=Path, help="a folder with images/*.jpg and masks/*.png to resize and use")
-    ap.add_argument("--sides", type=int, nargs="+", default=[640, 1024], help="long sides for --photos")
+    ap.add_argument(
+        "--sides", type=int, nargs="+", default=[640, 1024], help="long sides for --photos (0: the photos' own size)"
+    )
     ap.add_argument("--pairs", type=int, help="pairs per image size (default 320, tiny 24)")
     ap.add_argument("--cores", type=int, nargs="+", help="core counts (default 1, 2 and all)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON to this file")

@@ -51,8 +51,9 @@ def make_triplets(root: Path, n: int, *, min_side: int, max_side: int, seed: int
     return pairs
 
 
-def from_photos(photos: Path, root: Path, n: int, *, long_side: int, seed: int = 0) -> list[Pair]:
-    """n triplets from `photos/images/*.jpg` + `photos/masks/*.png`, resized to `long_side` px.
+def from_photos(photos: Path, root: Path, n: int, *, long_side: int | None, seed: int = 0) -> list[Pair]:
+    """n triplets from `photos/images/*.jpg` + `photos/masks/*.png`, resized to `long_side` px
+    (None: at their own size).
 
     The photo is resized bicubically and its mask by nearest neighbour (staying 0/255), then the
     composite gets a recoloured foreground. Photos are reused in turn when n exceeds their count.
@@ -69,7 +70,7 @@ def from_photos(photos: Path, root: Path, n: int, *, long_side: int, seed: int =
         mask = Image.fromarray(
             np.rint(images_io.read_mask(photos / "masks" / f"{src.stem}.png") * 255).astype(np.uint8), "L"
         )
-        scale = long_side / max(photo.size)
+        scale = 1.0 if long_side is None else long_side / max(photo.size)
         size = (round(photo.width * scale), round(photo.height * scale))
         real = np.asarray(photo.resize(size, Image.Resampling.BICUBIC))
         mask = mask.resize(size, Image.Resampling.NEAREST)

@@ -12,28 +12,15 @@ itself is scored the same way as the baseline row.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
-from rich.errors import LiveError
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 from torch import nn
 
 from giftnet.allocator import configure_allocator
@@ -42,6 +29,7 @@ from giftnet.errors import UsageError, run_cli
 from giftnet.fileio import InputGuard, atomic_write_text, output_errors
 from giftnet.imagenet import to_255
 from giftnet.metrics import FSSIM_RANGES, PSNR_PEAKS, image_metrics
+from giftnet.progress import DEFAULT_EVERY_S, progress_bar
 from giftnet.protocols import PROTOCOLS, Protocol, at_original_size, pad_to_multiple, protocol_loader, settings
 from giftnet.runtime import (  # re-exported: the names this module held before giftnet.runtime
     PRECISIONS,
@@ -62,38 +50,6 @@ ALL = "all"
 
 # A command-line argument that cannot work; the message names it (the CLIs exit with status 2).
 InputError = UsageError
-
-
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-- img/s" if speed is None else f"{speed:.1f} img/s", style="progress.data.speed")
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, description: str) -> Iterator[Any]:
-    """Yield `advance(n)`; a rich bar when enabled and a live display can start, else a no-op."""
-    if not enabled:
-        yield lambda n: None
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TimeRemainingColumn(),
-    )
-    bar = Progress(*columns, transient=True)
-    try:
-        bar.start()
-    except LiveError:  # another live display that cannot nest: go on without a bar
-        yield lambda n: None
-        return
-    try:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
-    finally:
-        bar.stop()
 
 
 class _Rows:
@@ -152,6 +108,8 @@ def evaluate(
     protocol: Protocol | None = None,
     psnr_peak: str = "max",
     fssim_range: str = "pred",
+    description: str = "evaluate",
+    progress_every: float = DEFAULT_EVERY_S,
 ) -> dict[str, dict[str, dict[str, float | int]]]:
     """Score `model` and the composites on `pairs`: {"model": rows, "composite": rows}.
 
@@ -162,7 +120,8 @@ def evaluate(
     model(image_normalised, mask)["images"] under inference mode in eval mode; its training mode
     is restored afterwards, so a trainer can call this between epochs. `save_images` writes the
     harmonised images at the composite's original size as SAVE_IMAGES/SUBSET/NAME.png (NAME:
-    composite stem).
+    composite stem). `progress`: a bar on a terminal, else a plain timestamped line (named
+    `description`) at most every `progress_every` seconds (giftnet.progress).
     """
     protocol = Protocol("fixed", size) if protocol is None else protocol
     if protocol.name == "fixed" and (protocol.size < 8 or protocol.size % 8):
@@ -178,7 +137,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), progress_bar(progress, len(pairs), "evaluate") as advance:
+        with torch.inference_mode(), progress_bar(progress, len(pairs), description, every_s=progress_every) as advance:
             for batch in loader:
                 indices = batch["index"].cpu().tolist()
                 subsets = [pairs[i].subset for i in indices]
@@ -266,7 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="data loader: DALI or PyTorch")
     p.add_argument("--workers", type=int, default=2, help="data loader workers / DALI threads")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (or, without a terminal, lines)")
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        default=DEFAULT_EVERY_S,
+        metavar="SECONDS",
+        help="without a terminal (SLURM, > log): a timestamped progress line at most this often (default: 30)",
+    )
     return p
 
 
@@ -275,6 +241,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers < 0:
         raise InputError(f"--workers must be >= 0, got {args.workers}")
+    if not args.progress_every >= 0:  # NaN too
+        raise InputError(f"--progress-every must be >= 0 seconds, got {args.progress_every}")
     if args.size < 8 or args.size % 8:
         raise InputError(f"--size must be a positive multiple of 8, got {args.size}")
     try:
@@ -319,6 +287,7 @@ def _main(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         save_images=args.save_images,
         progress=not args.no_progress,
+        progress_every=args.progress_every,
         precision=args.precision,
         protocol=protocol,
         psnr_peak=args.psnr_peak,

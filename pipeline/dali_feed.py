@@ -3,11 +3,13 @@
 A TrainFeed is DALI's external source for one epoch's batches (batch mode, `batch_info=True`): for
 batch `iteration` it reads the composite, real and mask files as bytes and draws each pair's crop
 from the dataset index (pipeline.index), so the mask is decoded here only in the rare case its
-grid cannot decide the keep-background rule. DALI then decodes all three (the mask on the device
+grid cannot decide the keep-background rule. The index also says which photos DALI decodes as
+stored (images.dali_bytes' policy), so no header is read here either. DALI then decodes all three (the mask on the device
 where it can). Everything it returns is a pure function of (seed, epoch, pair index), so it runs
 the same in DALI's worker processes (`parallel=True`, which pickles it) as in the main process.
 
-Masks that DALI would not decode to the pixels augment.read_mask gives (anything but an 8-bit
+Photos it would not (EXIF-rotated, 16-bit, palette...) are decoded here and handed on as lossless
+PNG; masks that DALI would not decode to the pixels augment.read_mask gives (anything but an 8-bit
 grayscale PNG: RGB, 16-bit, alpha-only...) are decoded here and handed on re-encoded as 8-bit PNG.
 """
 
@@ -22,8 +24,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from pipeline import images
 from pipeline.augment import read_mask
+from pipeline.images import encode_png, read_rgb
 from pipeline.index import MaskSummary, sample_crop_indexed
 from pipeline.pairs import DatasetError, Pair
 
@@ -57,6 +59,12 @@ def read_bytes(path: str | Path) -> np.ndarray:
     return data[:n]
 
 
+def photo_bytes(path: str, native: bool) -> np.ndarray:
+    """What DALI decodes for a photo: its bytes as stored when the index says DALI decodes them to
+    images.read_rgb's pixels (`native`), else read_rgb's pixels as a lossless PNG."""
+    return read_bytes(path) if native else np.frombuffer(encode_png(read_rgb(path)), dtype=np.uint8)
+
+
 def encode_mask(mask: np.ndarray) -> np.ndarray:
     """A uint8 (H, W) mask as the bytes of an 8-bit grayscale PNG (fast, lossless)."""
     out = io.BytesIO()
@@ -72,6 +80,7 @@ class TrainFeed:
         pairs: Sequence[Pair],
         masks: Sequence[MaskSummary],
         *,
+        native: Sequence[tuple[bool, bool]],
         crop_size: int,
         seed: int,
         epoch: int,
@@ -80,6 +89,9 @@ class TrainFeed:
         # Plain strings and arrays: cheap to pickle into DALI's worker processes.
         self.files = [(str(p.composite), str(p.real), str(p.mask)) for p in pairs]
         self.masks = list(masks)
+        self.native = [(bool(c), bool(r)) for c, r in native]  # from the index: no header read per sample
+        if not len(self.files) == len(self.masks) == len(self.native):
+            raise ValueError("pairs, masks and native must be aligned (one entry per pair)")
         self.crop_size, self.seed, self.epoch = crop_size, seed, epoch
         self.batches = [np.asarray(b, dtype=np.int64) for b in batches]
         self.decoded = 0  # masks decoded in this process because the grid could not decide
@@ -98,10 +110,11 @@ class TrainFeed:
         )
         self.decoded += decoded
         mask = read_bytes(mask_path) if summary.plain else encode_mask(read_mask(Path(mask_path)))
+        comp_native, real_native = self.native[index]
         return (
             # the one decoder's policy: EXIF-rotated, 16-bit, palette... photos reach DALI re-encoded
-            images.dali_bytes(comp_path),
-            images.dali_bytes(real_path),
+            photo_bytes(comp_path, comp_native),
+            photo_bytes(real_path, real_native),
             mask,
             np.array([crop.left, crop.top], dtype=np.int32),
             np.array([crop.width, crop.height], dtype=np.int32),

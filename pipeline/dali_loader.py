@@ -277,9 +277,8 @@ class DaliTrainLoader:
 
     def feed(self, epoch: int, batches: Sequence[np.ndarray]) -> TrainFeed:
         """The external source for `batches` of `epoch` (also what bench.data times alone)."""
-        return TrainFeed(
-            self.pairs, self.index.masks, crop_size=self.crop_size, seed=self.seed, epoch=epoch, batches=batches
-        )
+        return TrainFeed(self.pairs, self.index.masks, native=self.index.native, crop_size=self.crop_size,
+                         seed=self.seed, epoch=epoch, batches=batches)  # fmt: skip
 
     def _define(self, feed: TrainFeed) -> Pipeline:
         """The graph, defined but not built (DALI's definition-time checks run here)."""

@@ -8,11 +8,15 @@ One file per subset folder, `SUBSET/giftnet-index.npz` beside the list files, wr
     stat    (N, 2)      int64: size in bytes and mtime in ns when the entry was made
     hw      (N, 2)      int64: height and width from the file's header (a mask: its decoded shape)
     mask    (N,)        int64: row of the file in the mask arrays, -1 for photos
+    native  (N,)        bool: a photo whose stored bytes DALI decodes to the very pixels of
+                        images.read_rgb (images.Header.dali_native: not EXIF-rotated, not 16-bit,
+                        a plain 8-bit JPEG/PNG); False for masks (they have `plain`)
     sums    (M, G, G)   uint32: sum of the uint8 mask values (0-255) in each of G x G cells
     median  (M, 2)      int64: (y, x) of the median non-zero mask pixel in raster order, -1 if none
     plain   (M,)        bool: an 8-bit grayscale PNG that DALI decodes to the very same values
 
-An entry whose file's size or mtime changed is rebuilt on the next use; the rest are reused.
+An entry whose file's size or mtime changed is rebuilt on the next use; the rest are reused. An
+index of an older FORMAT is rebuilt whole (format 2 added `native`).
 
 The keep-background rule asks whether a crop window holds more than about one output pixel of
 foreground. Cell sums bound the window's sum exactly: a cell inside the window counts fully, a
@@ -43,7 +47,6 @@ from pipeline.augment import (
     check_same_size,
     draw_crop,
     foreground_area,
-    image_size,
     median_foreground,
     read_mask,
 )
@@ -51,7 +54,7 @@ from pipeline.ihd import MASK_DIR
 from pipeline.pairs import DatasetError, Pair
 
 INDEX_NAME = "giftnet-index.npz"
-FORMAT = 1
+FORMAT = 2
 GRID = 16
 
 
@@ -106,20 +109,25 @@ class GridView:
 
     def __init__(self, summary: MaskSummary) -> None:
         self.ys, self.xs, self.ys_list, self.xs_list, self.area = _geometry(*summary.shape, summary.sums.shape[0])
-        self.sums = summary.sums.astype(np.int64)
-        table = np.zeros((self.sums.shape[0] + 1, self.sums.shape[1] + 1), np.int64)
-        table[1:, 1:] = self.sums.cumsum(0).cumsum(1)
-        self.table = table.tolist()
+        self.raw = summary.sums  # uint32; their sums are taken in uint64 (no overflow)
+        self._sums: np.ndarray | None = None
+
+    @property
+    def sums(self) -> np.ndarray:
+        """The cell sums as int64, made when the exact bounds first need them."""
+        if self._sums is None:
+            self._sums = self.raw.astype(np.int64)
+        return self._sums
 
     def quick_bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
-        """Loose bounds in a few Python operations: the cells inside the window, the cells it touches."""
-        ys, xs, t = self.ys_list, self.xs_list, self.table
+        """Loose bounds from two slices of the cells: those inside the window, those it touches."""
+        ys, xs, sums = self.ys_list, self.xs_list, self.raw
         i0, i1 = bisect.bisect_left(ys, top), bisect.bisect_right(ys, top + h) - 1
         j0, j1 = bisect.bisect_left(xs, left), bisect.bisect_right(xs, left + w) - 1
-        low = t[i1][j1] - t[i0][j1] - t[i1][j0] + t[i0][j0] if i1 > i0 and j1 > j0 else 0
+        low = int(sums[i0:i1, j0:j1].sum()) if i1 > i0 and j1 > j0 else 0
         r0, r1 = bisect.bisect_right(ys, top) - 1, bisect.bisect_left(ys, top + h)
         c0, c1 = bisect.bisect_right(xs, left) - 1, bisect.bisect_left(xs, left + w)
-        return low, t[r1][c1] - t[r0][c1] - t[r1][c0] + t[r0][c0]
+        return low, int(sums[r0:r1, c0:c1].sum())
 
     def bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
         """(lowest, highest) possible sum of mask values in the window, exact to the cell sums."""
@@ -175,6 +183,7 @@ class _Entry:
     stat: tuple[int, int]
     hw: tuple[int, int]
     mask: MaskSummary | None = None
+    native: bool = False  # a photo DALI decodes as stored (images.Header.dali_native)
 
 
 def index_file_for(pair: Pair) -> Path | None:
@@ -200,7 +209,8 @@ def _stat(path: Path) -> tuple[int, int]:
 
 def _make_entry(path: Path, is_mask: bool, stat: tuple[int, int]) -> _Entry:
     if not is_mask:
-        return _Entry(stat, image_size(path))
+        header = images.read_header(path)  # the one decoder's view: rotated size, budget, regular file
+        return _Entry(stat, (header.height, header.width), native=header.dali_native)
     mask = read_mask(path)
     summary = MaskSummary.of(mask, images.plain_gray_png(path))
     return _Entry(stat, summary.shape, summary)
@@ -215,7 +225,7 @@ def load_store(path: Path) -> dict[str, _Entry]:
             if int(z["format"]) != FORMAT or int(z["grid"]) != GRID:
                 return {}
             paths, stat, hw, rows = z["paths"], z["stat"], z["hw"], z["mask"]
-            sums, median, plain = z["sums"], z["median"], z["plain"]
+            sums, median, plain, native = z["sums"], z["median"], z["plain"], z["native"]
     except (OSError, ValueError, KeyError) as e:
         warnings.warn(f"{path}: unreadable dataset index, rebuilding it ({e})", stacklevel=2)
         return {}
@@ -226,7 +236,8 @@ def load_store(path: Path) -> dict[str, _Entry]:
             r = int(rows[k])
             mid = None if median[r, 0] < 0 else (int(median[r, 0]), int(median[r, 1]))
             summary = MaskSummary((int(hw[k, 0]), int(hw[k, 1])), sums[r], mid, bool(plain[r]))
-        store[name] = _Entry((int(stat[k, 0]), int(stat[k, 1])), (int(hw[k, 0]), int(hw[k, 1])), summary)
+        shape = (int(hw[k, 0]), int(hw[k, 1]))
+        store[name] = _Entry((int(stat[k, 0]), int(stat[k, 1])), shape, summary, bool(native[k]))
     return store
 
 
@@ -245,6 +256,7 @@ def save_store(path: Path, store: dict[str, _Entry]) -> None:
         "stat": np.array([store[n].stat for n in names], np.int64).reshape(-1, 2),
         "hw": np.array([store[n].hw for n in names], np.int64).reshape(-1, 2),
         "mask": np.array(rows, np.int64),
+        "native": np.array([store[n].native for n in names], bool),
         "sums": np.array([m.sums for m in masks], np.uint32).reshape(-1, GRID, GRID),
         "median": np.array([m.median or (-1, -1) for m in masks], np.int64).reshape(-1, 2),
         "plain": np.array([m.plain for m in masks], np.bool_),
@@ -255,12 +267,14 @@ def save_store(path: Path, store: dict[str, _Entry]) -> None:
 
 @dataclasses.dataclass
 class PairIndex:
-    """The index entries of a pair list, aligned with it; `rebuilt` counts entries made this time."""
+    """The index entries of a pair list, aligned with it; `rebuilt` counts entries made this time.
+    `native[i]`: whether DALI decodes pair i's (composite, real) bytes as stored."""
 
     shapes: list[tuple[int, int]]
     masks: list[MaskSummary]
     files: list[Path]
     rebuilt: int
+    native: list[tuple[bool, bool]] = dataclasses.field(default_factory=list)
 
 
 def index_pairs(pairs: Sequence[Pair], *, workers: int | None = None, write: bool = True) -> PairIndex:
@@ -300,7 +314,7 @@ def index_pairs(pairs: Sequence[Pair], *, workers: int | None = None, write: boo
 
 
 def _align(pairs: Sequence[Pair], stores: dict, *, rebuilt: int, written: list[Path]) -> PairIndex:
-    shapes, summaries = [], []
+    shapes, summaries, native = [], [], []
     for pair in pairs:
         where = index_file_for(pair)
         folder = where.parent if where is not None else None
@@ -309,7 +323,8 @@ def _align(pairs: Sequence[Pair], stores: dict, *, rebuilt: int, written: list[P
         check_same_size((pair.composite, pair.mask, pair.real), (comp.hw, mask.hw, real.hw))
         shapes.append(mask.hw)
         summaries.append(mask.mask)
-    return PairIndex(shapes, summaries, written, rebuilt)
+        native.append((comp.native, real.native))
+    return PairIndex(shapes, summaries, written, rebuilt, native)
 
 
 def stale_entries(pairs: Sequence[Pair]) -> tuple[int, int]:

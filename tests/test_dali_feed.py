@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import dali_loader
+from pipeline import dali_loader, images
 from pipeline.augment import read_mask
 from pipeline.dali_feed import TrainFeed, encode_mask
 from pipeline.loaders import make_train_loader
@@ -112,11 +112,67 @@ def test_file_lost_after_indexing_names_the_file_from_a_worker(pairs, tmp_path):
 def test_feed_is_a_pure_function_of_seed_epoch_index(pairs):
     ld = dali(pairs)
     batches = ld.plan.batches(3)
-    a = TrainFeed(pairs, ld.index.masks, crop_size=48, seed=5, epoch=3, batches=batches)
-    b = TrainFeed(pairs, ld.index.masks, crop_size=48, seed=5, epoch=3, batches=batches)
+    a = TrainFeed(pairs, ld.index.masks, native=ld.index.native, crop_size=48, seed=5, epoch=3, batches=batches)
+    b = TrainFeed(pairs, ld.index.masks, native=ld.index.native, crop_size=48, seed=5, epoch=3, batches=batches)
     forward = [a(k)[3:] for k in range(len(batches))]
     backward = [b(k)[3:] for k in reversed(range(len(batches)))][::-1]
     for x, y in zip(forward, backward, strict=True):
         assert all(
             np.array_equal(u, v) for col_x, col_y in zip(x, y, strict=True) for u, v in zip(col_x, col_y, strict=True)
         )
+
+
+def odd_photos(root):
+    """Three pairs: an EXIF-rotated JPEG composite, a 16-bit PNG real image, then plain files."""
+    for folder in ("composite_images", "masks", "real_images"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(4)
+    pairs = []
+    for k in range(3):
+        photo = rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)
+        mask = np.zeros((72, 96), np.uint8)
+        mask[20:50, 30:70] = 255
+        pair = Pair(root / "composite_images" / f"o{k}_1_1.jpg", root / "masks" / f"o{k}_1.png",
+                    root / "real_images" / f"o{k}.{'png' if k == 1 else 'jpg'}", "Odd", f"o{k}_1_1")  # fmt: skip
+        if k == 0:  # stored 96 wide x 72 high turned a quarter; orientation 6 turns it back
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            Image.fromarray(np.ascontiguousarray(np.rot90(photo, 1))).save(pair.composite, quality=95, exif=exif)
+        else:
+            Image.fromarray(photo).save(pair.composite, quality=95)
+        if k == 1:
+            Image.fromarray(photo[:, :, 0].astype(np.uint16) * 257).save(pair.real)  # 16-bit grayscale
+        else:
+            Image.fromarray(photo).save(pair.real, quality=95)
+        Image.fromarray(mask).save(pair.mask)
+        pairs.append(pair)
+    return pairs
+
+
+def test_the_index_says_which_photos_dali_decodes_as_stored_and_the_feed_reads_no_header(tmp_path, monkeypatch):
+    pairs = odd_photos(tmp_path / "Odd")
+    ld = dali(pairs, batch_size=3)
+    assert ld.index.native == [(False, True), (True, False), (True, True)]
+    with np.load(tmp_path / "Odd" / "giftnet-index.npz", allow_pickle=False) as z:
+        stored = dict(zip(z["paths"].tolist(), z["native"].tolist(), strict=True))
+    assert stored["composite_images/o0_1_1.jpg"] is False and stored["real_images/o1.png"] is False
+    assert stored["real_images/o0.jpg"] is True and stored["masks/o0_1.png"] is False  # masks: see `plain`
+    want = {i: (images.dali_bytes(p.composite).tobytes(), images.dali_bytes(p.real).tobytes()) for i, p in
+            enumerate(pairs)}  # the bytes DALI got before the index held the flag  # fmt: skip
+
+    def no_header(path):
+        raise AssertionError(f"a header was read at run time: {path}")
+
+    monkeypatch.setattr(images, "read_header", no_header)
+    feed = ld.feed(2, ld.plan.batches(2))
+    cols = feed(0)
+    for j, i in enumerate(cols[6]):
+        assert (cols[0][j].tobytes(), cols[1][j].tobytes()) == want[int(i)]
+        want_crop = reference_sample_crop(read_mask(pairs[int(i)].mask), crop_size=48, seed=5, epoch=2, index=int(i))
+        assert (cols[3][j].tolist(), bool(cols[5][j])) == ([want_crop.left, want_crop.top], want_crop.flip)
+    monkeypatch.undo()
+    batch = next(iter(ld.epoch(2)))  # and DALI decodes them to the torch path's pixels
+    ref = next(iter(make_train_loader(pairs, batch_size=3, crop_size=48, seed=5, backend="torch", num_workers=0,
+                                      drop_last=False).epoch(2)))  # fmt: skip
+    for key in ("composite", "real"):
+        torch.testing.assert_close(batch[key], ref[key], atol=0.05, rtol=0)

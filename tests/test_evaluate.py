@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +23,7 @@ from giftnet.errors import UsageError
 from giftnet.evaluate import evaluate, format_table, main
 from giftnet.metrics import image_metrics
 from giftnet.model import GiftNet
+from giftnet.progress import PlainProgress
 from giftnet.protocols import Protocol
 from giftnet.weights import load_weights, save_weights
 from pipeline.ihd import read_pairs
@@ -275,3 +279,36 @@ def test_bf16_autocast_close_to_fp32(data_root: Path) -> None:
         assert bf16[k] == pytest.approx(fp32[k], rel=0.05), k
     with pytest.raises(UsageError, match="precision must be one of"):
         run(model, pairs, precision="fp8")
+
+
+def test_without_a_terminal_the_cli_prints_timestamped_progress_lines(data_root: Path, weights: Path) -> None:
+    """stdout a pipe (SLURM, `> log`): no bar, plain lines DONE/TOTAL, img/s and ETA; the last at the end."""
+    argv = ["--data", str(data_root), "--weights", str(weights), "--size", str(SIZE), "--batch-size", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "giftnet.evaluate", *argv, "--backend", "torch", "--workers", "0",
+         "--progress-every", "0"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    pattern = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00  evaluate (\d+)/5  \d+\.\d img/s  eta \d+:\d\d:\d\d$"
+    done = [int(m.group(1)) for line in proc.stdout.splitlines() if (m := re.match(pattern, line))]
+    assert done == [1, 2, 3, 4, 5], proc.stdout  # --progress-every 0: a line per batch of one
+    assert "\x1b[" not in proc.stdout  # no terminal escapes in a log
+
+
+def test_plain_progress_prints_first_every_interval_and_last() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    advance = PlainProgress(100, "validation step 8", every_s=30, stream=out, clock=lambda: now[0])
+    for t in (1, 2, 31, 40, 62, 63, 70):  # 10 pairs per batch until 70 s, then the rest
+        now[0] = t
+        advance(10)
+    now[0] = 80
+    advance(30)
+    lines = out.getvalue().splitlines()
+    assert [ln.split("  ")[1] for ln in lines] == [
+        "validation step 8 10/100", "validation step 8 30/100", "validation step 8 50/100", "validation step 8 100/100"
+    ]  # fmt: skip
+    assert lines[1].split("  ")[2:] == ["1.0 img/s", "eta 0:01:12"]  # 30 pairs in 31 s, 70 left
+    assert lines[-1].split("  ")[2:] == ["1.2 img/s", "eta 0:00:00"]

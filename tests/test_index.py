@@ -122,8 +122,10 @@ def test_index_file_is_built_once_and_rebuilt_per_changed_file(tmp_path):
     assert first.files == [path] and first.rebuilt == 18
     assert first.shapes == [read.shape for read in (augment.read_mask(p.mask) for p in pairs)]
     assert all(m.plain for m in first.masks)
+    assert first.native == [(True, True)] * 6  # plain JPEGs: DALI decodes them as stored
     with np.load(path, allow_pickle=False) as z:  # plain arrays: no pickle needed to read it
         assert z["sums"].shape == (6, GRID, GRID) and z["paths"].dtype.kind == "U"
+        assert int(z["format"]) == 2 and z["native"].dtype == bool and z["native"].sum() == 12
     again = index_pairs(pairs, workers=1)
     assert again.rebuilt == 0 and again.files == []
     assert stale_entries(pairs) == (0, 18)
@@ -137,6 +139,23 @@ def test_index_file_is_built_once_and_rebuilt_per_changed_file(tmp_path):
     assert third.rebuilt == 1
     assert int(third.masks[2].sums.sum()) == 25 * 255 and third.masks[2].median == (2, 2)
     assert len(load_store(path)) == 18
+    # A photo rewritten as a 16-bit PNG under the same name: its entry is rebuilt, no longer native.
+    img = np.asarray(Image.open(pairs[4].real))
+    Image.fromarray(img[:, :, 0].astype(np.uint16) * 257).save(pairs[4].real, format="PNG")
+    fourth = index_pairs(pairs, workers=1)
+    assert fourth.rebuilt == 1 and fourth.native[4] == (True, False)
+
+
+def test_an_index_of_the_previous_format_is_rebuilt_whole(tmp_path):
+    pairs = write_subset(tmp_path / "Sub", n=2)
+    index_pairs(pairs, workers=1)
+    path = tmp_path / "Sub" / INDEX_NAME
+    with np.load(path, allow_pickle=False) as z:
+        old = {k: z[k] for k in z.files if k != "native"} | {"format": np.int64(1)}
+    with path.open("wb") as f:
+        np.savez_compressed(f, **old)
+    assert load_store(path) == {}
+    assert index_pairs(pairs, workers=1).rebuilt == 6
 
 
 def test_index_refuses_size_mismatch_and_missing_files(tmp_path):

@@ -22,6 +22,7 @@ from safetensors.torch import load, save_file
 from giftnet.config import ModelConfig
 from giftnet.errors import WeightsError
 from giftnet.model import build_model, build_teacher
+from giftnet.training import evaluation as evaluation_module
 from giftnet.training import loop
 from giftnet.training import run as run_module
 from giftnet.training.checkpoint import Progress, checkpoint_bytes, load_checkpoint, read_metadata, read_progress
@@ -31,16 +32,30 @@ from giftnet.training.evaluation import make_evaluator
 from giftnet.weights import save_weights
 from pipeline.augment import epoch_order
 from pipeline.ihd import read_pairs
+from pipeline.validation import carve_validation
 from tests.train_helpers import (
     ENV,
     ROOT,
+    TINY_VAL_FRACTION,
+    VAL_ARGS,
     assert_same_weights,
+    build_tiny_data,
     free_port,
     start_train_py,
-    train_args,
     train_py,
     wait_for,
 )
+from tests.train_helpers import train_args as helper_train_args
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return build_tiny_data(tmp_path_factory.mktemp("data"), with_validation=True)
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """train_helpers.train_args with a validation split of 4 pairs (16 pairs left to train on)."""
+    return helper_train_args(data, out, *VAL_ARGS, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +66,9 @@ def evaluated_run(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
-def eval_records(out: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["model"]["all"]["mse"]) for r in map(json.loads, (out / "eval.jsonl").open())]
+def eval_records(out: Path, split: str = "validation") -> list[tuple[int, float]]:
+    records = map(json.loads, (out / "eval.jsonl").open())
+    return [(r["step"], r["model"]["all"]["mse"]) for r in records if r["split"] == split]
 
 
 def stats_steps(out: Path) -> list[tuple[str, int]]:
@@ -75,7 +91,8 @@ def test_an_evaluation_leaves_parameters_buffers_and_random_streams_untouched(ti
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = rng_states()
     progress = Progress(epoch=1, step=4)
-    make_evaluator(ctx, read_pairs(tiny_data, split="test"))(model, progress)
+    val = carve_validation(read_pairs(tiny_data, split="train"), float(TINY_VAL_FRACTION))[1]
+    make_evaluator(ctx, val, read_pairs(tiny_data, split="test"))(model, progress)
     after = model.state_dict()
     changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
     assert not changed, changed  # num_batches_tracked and running stats included
@@ -98,9 +115,10 @@ def test_evaluating_every_epoch_gives_the_weights_of_a_run_without_evaluation(ti
 # --- 2. exact resume after a kill right after each kind of file --------------------------------
 
 # In the order the run writes them; each process resumes the folder and is killed after its N-th
-# write of that kind: stage 1, the first evaluation (and its checkpoint), the final one, exports.
+# write of that kind: stage 1, the first evaluation (validation line, best-model, test line, sample,
+# plot, its checkpoint), the final one, exports.
 KILLS = [
-    "config:1", "stats:1", "checkpoint:1", "teacher:1", "eval:1", "best:1", "sample:1", "plot:1",
+    "config:1", "stats:1", "checkpoint:1", "teacher:1", "eval:1", "best:1", "eval:2", "sample:1", "plot:1",
     "checkpoint:1", "eval:1", "model:1", "plot:1",
 ]  # fmt: skip
 
@@ -116,7 +134,8 @@ def test_a_kill_after_any_file_the_run_writes_resumes_to_the_same_run(tiny_data,
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for name in ("teacher.safetensors", "model.safetensors", "best-model.safetensors"):
         assert_same_weights(evaluated_run / name, out / name)
-    assert eval_records(out) == eval_records(evaluated_run)
+    for split in ("validation", "test"):
+        assert eval_records(out, split) == eval_records(evaluated_run, split)
     assert stats_steps(out) == stats_steps(evaluated_run)  # no step logged twice or lost
     assert not list(out.glob(".*.tmp")) and not list(out.glob("samples/.*.tmp"))
 
@@ -127,6 +146,54 @@ def test_the_epoch_end_checkpoint_holds_the_evaluation(evaluated_run):
     best = min(mse for _, mse in eval_records(evaluated_run))
     assert progress.best == best
     assert read_metadata_mse(evaluated_run / "best-model.safetensors") == best
+    assert [s for s, _ in eval_records(evaluated_run, "test")] == [4, 8]  # scored for reporting only
+
+
+def test_best_model_is_selected_on_validation_images_that_are_never_trained_on(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    trained, scored = [], []
+    real_loader, real_evaluate = loop.make_train_loader, evaluation_module.evaluate
+
+    def spy_loader(pairs, **kw):
+        trained.append(list(pairs))
+        return real_loader(pairs, **kw)
+
+    def spy_evaluate(model, pairs, **kw):
+        scored.append((kw["description"].split()[0], list(pairs)))
+        return real_evaluate(model, pairs, **kw)
+
+    monkeypatch.setattr(loop, "make_train_loader", spy_loader)
+    monkeypatch.setattr(evaluation_module, "evaluate", spy_evaluate)
+    out = tmp_path / "val"
+    assert main(train_args(tiny_data, out, "--epochs", "1")) == 0
+    val = {p.real for split, pairs in scored if split == "validation" for p in pairs}
+    test = {p.real for split, pairs in scored if split == "test" for p in pairs}
+    assert [len(t) for t in trained] == [16, 16] and len(val) == 3 and test  # both stages, 4 validation pairs
+    assert not val & {p.real for pairs in trained for p in pairs}  # no validation image is trained on
+    assert {p.real for p in read_pairs(tiny_data, split="train")} == val | {p.real for p in trained[0]}
+    records = [json.loads(line) for line in (out / "eval.jsonl").open()]
+    assert [r["split"] for r in records] == ["validation", "test"]
+    assert read_metadata_mse(out / "best-model.safetensors") == records[0]["model"]["all"]["mse"]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "best-model.safetensors"), framework="pt") as f:
+        assert f.metadata()["selected_on"] == "validation split"
+    # stdout is not a terminal here: each evaluation's progress is a plain timestamped line
+    text = capsys.readouterr().out
+    for what in ("validation step 4 4/4", "test step 4 4/4"):
+        assert re.search(rf"^\S+\+00:00  {what}  \S+ img/s  eta 0:00:00$", text, re.M), text
+
+
+def test_without_a_validation_split_no_best_model_is_selected_and_the_log_says_so(tiny_data, tmp_path, capsys):
+    out = tmp_path / "noval"
+    argv = train_args(tiny_data, out, "--distill", "none", "--epochs", "1", "--val-fraction", "0")
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "no best model is selected; the result is model.safetensors, the last weights" in text
+    assert "for reporting only" in text
+    assert not (out / "best-model.safetensors").exists() and (out / "model.safetensors").is_file()
+    assert [r["split"] for r in map(json.loads, (out / "eval.jsonl").open())] == ["test"]
 
 
 def read_metadata_mse(path: Path) -> float:
@@ -346,7 +413,7 @@ def test_checkpoint_versions_unknown_refused_version_1_read(tmp_path):
 def test_a_bad_file_met_by_one_ddp_rank_stops_all_ranks_within_seconds(tiny_data, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(tiny_data, root)
-    pairs = read_pairs(root, split="train")
+    pairs = carve_validation(read_pairs(root, split="train"), float(TINY_VAL_FRACTION))[0]  # what is trained on
     victim = pairs[int(epoch_order(len(pairs), seed=0, epoch=0)[9])].composite  # the third global batch
     data = victim.read_bytes()
     victim.write_bytes(data[: data.index(b"\xff\xda") + 40])  # the header parses, the scan is cut
@@ -364,3 +431,59 @@ def test_a_bad_file_met_by_one_ddp_rank_stops_all_ranks_within_seconds(tiny_data
     assert (out / f"ckpt-reconstruction-{step:09d}.safetensors").is_file() or step == 0
     assert wall < 120, f"{wall:.0f} s to stop (the collective timeout is 30 min)"
     print(f"two gloo ranks stopped {wall:.1f} s after the start (including start-up)")
+
+
+# --- sample grids and the loss plot (issue 13) -----------------------------------------------------
+
+
+def test_sample_grids_label_their_columns_and_show_the_output_blended_as_harmonize_writes_it():
+    from giftnet.harmonize import harmonize_image
+    from giftnet.training.monitor import LABEL_HEIGHT, grid_image
+
+    g = torch.Generator().manual_seed(0)
+    comp, pred, real = (torch.randint(0, 256, (2, 3, 16, 16), generator=g).float() for _ in range(3))
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 4:12] = 1.0
+    mask[:, :, 4:12, 4] = 0.5  # a soft edge
+    grid = grid_image(comp, pred, real, mask)
+    assert grid.shape == (LABEL_HEIGHT + 2 * 16, 4 * 16, 3)
+    header, body = grid[:LABEL_HEIGHT], grid[LABEL_HEIGHT:].astype(np.int64)
+    assert (header < 128).any() and (header == 255).any()  # dark text on white
+    tile = lambda row, col: body[16 * row : 16 * row + 16, 16 * col : 16 * col + 16].transpose(2, 0, 1)  # noqa: E731
+    for i in range(2):
+        assert np.array_equal(tile(i, 0), comp[i].numpy())  # composite | mask | ours | real
+        assert np.array_equal(tile(i, 1), (mask[i].expand(3, -1, -1) * 255).round().numpy())
+        assert np.array_equal(tile(i, 3), real[i].numpy())
+        ours = tile(i, 2)
+        outside = mask[i, 0].numpy() == 0
+        assert np.array_equal(ours[:, outside], comp[i].numpy()[:, outside])  # untouched where the mask is 0
+        assert np.array_equal(ours[:, 6, 8], pred[i, :, 6, 8].numpy())  # mask 1: the prediction
+        soft = (comp[i, :, 6, 4] + 0.5 * (pred[i, :, 6, 4] - comp[i, :, 6, 4])).round()
+        assert np.array_equal(ours[:, 6, 4], soft.numpy())
+
+    class Fixed(torch.nn.Module):  # harmonize's own blend of a known prediction, at the same size
+        def forward(self, image, m):
+            return {"images": (pred[:1] / 255.0 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+                    / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)}  # fmt: skip
+
+    out = harmonize_image(Fixed(), comp[0].permute(1, 2, 0).byte().numpy(), mask[0, 0].numpy(), full_res=True)
+    assert np.abs(out.transpose(2, 0, 1).astype(np.int64) - tile(0, 2)).max() <= 1  # float rounding of pred
+
+
+def test_the_loss_plot_draws_the_stages_in_order_and_the_weighted_distillation_term():
+    from giftnet.training.monitor import loss_series, plot_losses
+
+    records = [
+        {"stage": "harmonization", "step": 2, "total": 0.5, "har": 0.4, "dis": 100.0},
+        {"stage": "reconstruction", "step": 2, "total": 0.3, "har": 0.3},
+        {"stage": "harmonization", "step": 4, "total": 0.45, "har": 0.35, "dis": 80.0},
+        {"stage": "reconstruction", "step": 4, "total": 0.2, "har": 0.2},
+    ]
+    series = loss_series(records, 1e-3)
+    assert [stage for stage, _ in series] == ["reconstruction", "harmonization"]
+    assert series[0][1] == {"total": ([2, 4], [0.3, 0.2]), "har": ([2, 4], [0.3, 0.2])}
+    harm = series[1][1]
+    assert list(harm) == ["total", "har", "0.001 x dis"]
+    assert harm["0.001 x dis"] == ([2, 4], [pytest.approx(0.1), pytest.approx(0.08)])
+    buf = __import__("io").BytesIO()
+    assert plot_losses(records, buf, 1e-3) and buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -30,7 +30,7 @@ _PROGRESS_LEN = {1: 4, 2: 5}
 @dataclass
 class Progress:
     """Where a stage is: the next batch to run is (epoch, batch); `step` optimizer steps so far;
-    `best` the best test MSE so far; `evaluated` the step of the last finished evaluation (-1: none)."""
+    `best` the best validation MSE so far; `evaluated` the step of the last finished evaluation (-1: none)."""
 
     epoch: int = 0
     batch: int = 0

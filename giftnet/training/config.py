@@ -50,6 +50,11 @@ class TrainConfig:
     eval_size: int = option(256, help="evaluation size (Fixed256: 256)")
     eval_batch_size: int = option(16, help="evaluation batch size")
     eval_every: int = option(10, help="evaluate every N epochs (0: only at the end)")
+    val_fraction: float = option(
+        0.05,
+        help="share of the train list's real images held out as a validation split (with all their "
+        "composites), on which best-model.safetensors is selected; 0: no validation split and no best model",
+    )
     precision: Precision = option("auto", help="auto: bf16 on GPUs that have it, fp32 on the CPU")
     device: Device = option("auto", help="auto: CUDA when available")
     channels_last: bool | None = option(None, help="channels-last memory format (default: on CUDA)")
@@ -116,6 +121,10 @@ class TrainConfig:
             )
         for name in ("eval_batch_size", "log_every", "ckpt_every", "keep_last", "max_bad_steps", "demo_size"):
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        need(
+            math.isfinite(self.val_fraction) and 0 <= self.val_fraction <= 0.5,
+            f"--val-fraction must be in [0, 0.5], got {self.val_fraction}",
+        )
         need(self.eval_every >= 0 and self.workers >= 0, "--eval-every and --workers must be >= 0")
         need(len(self.demo_pairs) == 2 and min(self.demo_pairs) >= 1, "demo_pairs must be two positive counts")
 

@@ -10,6 +10,7 @@ from giftnet.training.config import TrainConfig
 from pipeline.check import check_dataset, require_valid
 from pipeline.ihd import read_pairs
 from pipeline.pairs import DatasetError, Pair
+from pipeline.validation import carve_validation
 
 
 def cache_dir() -> Path:
@@ -66,3 +67,14 @@ def load_pairs(cfg: TrainConfig, root: Path, split: str, log) -> list[Pair]:
     if not kept:
         raise DatasetError(f"{root}: no usable {split} pairs")
     return kept
+
+
+def split_validation(cfg: TrainConfig, root: Path, pairs: list[Pair]) -> tuple[list[Pair], list[Pair]]:
+    """(train, validation) pairs: --val-fraction of the real images held out (pipeline.validation).
+    The same on every rank and every resume; the validation pairs are never trained on."""
+    train, val = carve_validation(pairs, cfg.val_fraction)
+    if not train:
+        raise DatasetError(
+            f"{root}: --val-fraction {cfg.val_fraction:g} holds out every real image of the train list; lower it"
+        )
+    return train, val

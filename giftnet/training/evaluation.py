@@ -1,4 +1,4 @@
-"""Evaluation during training: the test-split table, best-model, a sample grid, the loss plot.
+"""Evaluation during training: validation and test tables, best-model (on validation), samples, loss plot.
 
 It must not change training: the model runs in eval mode under inference mode (no BatchNorm
 statistics move), and every random stream training draws from (torch CPU and CUDA, numpy,
@@ -51,24 +51,32 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def make_evaluator(ctx, test_pairs: list):
-    """evaluate(model, progress) for the loop (None when there is no test split). Rank 0 scores;
-    the others wait for it."""
-    if not test_pairs:
+def make_evaluator(ctx, val_pairs: list, test_pairs: list):
+    """evaluate(model, progress) for the loop (None when there is neither a validation nor a test
+    split). Rank 0 scores; the others wait for it. best-model is selected on the validation split
+    only; the test split is scored for reporting."""
+    if not val_pairs and not test_pairs:
         return None
     cfg = ctx.cfg
+    splits = [(name, pairs) for name, pairs in (("validation", val_pairs), ("test", test_pairs)) if pairs]
 
     def on_eval(model: GiftNet, progress: Progress) -> None:
         if dist.is_main():
-            ctx.log(f"evaluating at step {progress.step} on {len(test_pairs)} test pairs")
-            with ctx.signals.interrupting(), preserved_rng():
+            scored = []
+            with ctx.signals.interrupting(), preserved_rng():  # a signal stops the scoring at once
                 ctx.folder.hook("eval-start")
-                results = evaluate(
-                    model, test_pairs, batch_size=cfg.eval_batch_size, size=cfg.eval_size, device=ctx.device,
-                    backend=cfg.backend, num_workers=cfg.workers, progress=False, precision=ctx.precision,
-                )  # fmt: skip
-                grid = sample_grid(ctx, model, test_pairs)
-            record(ctx, model, progress, results, grid)
+                for split, pairs in splits:
+                    ctx.log(f"evaluating at step {progress.step} on {len(pairs)} {split} pairs")
+                    results = evaluate(
+                        model, pairs, batch_size=cfg.eval_batch_size, size=cfg.eval_size, device=ctx.device,
+                        backend=cfg.backend, num_workers=cfg.workers, progress=True, precision=ctx.precision,
+                        description=f"{split} step {progress.step}",
+                    )  # fmt: skip
+                    scored.append((split, results))
+                grid = sample_grid(ctx, model, splits[0][1])
+            for split, results in scored:  # the files are written outside it
+                record(ctx, model, progress, split, results)
+            write_samples(ctx, progress, grid)
         dist.barrier()
 
     return on_eval
@@ -84,25 +92,33 @@ def sample_grid(ctx, model: GiftNet, pairs: list) -> tuple[torch.Tensor, ...]:
     return batch["composite_255"], pred, batch["real_255"], batch["mask"]
 
 
-def record(ctx, model: GiftNet, progress: Progress, results: dict, grid: tuple[torch.Tensor, ...]) -> None:
-    """The evaluation's files, in this order: eval.jsonl, best-model (if better), samples, loss.png."""
+def record(ctx, model: GiftNet, progress: Progress, split: str, results: dict) -> None:
+    """One split's files: its eval.jsonl line, then (validation only) best-model if it is better."""
     folder = ctx.folder
+    ctx.log(f"{split} split at step {progress.step}:")
     Console().print(format_table(results, settings(Protocol("fixed", ctx.cfg.eval_size), "max", "pred")))
-    folder.append("eval", {"stage": "harmonization", "step": progress.step, "time": now_utc(), **results})
+    folder.append("eval", {"stage": "harmonization", "step": progress.step, "split": split, "time": now_utc(),
+                           **results})  # fmt: skip
     mse = results["model"]["all"]["mse"]
-    if mse < progress.best:
+    if split == "validation" and mse < progress.best:
         progress.best = mse
-        meta = {"step": str(progress.step), "mse": repr(mse), "selected_on": "test split"}
+        meta = {"step": str(progress.step), "mse": repr(mse), "selected_on": "validation split"}
         folder.export("best", lambda p: save_weights(model, p, meta), folder / BEST_FILE)
+
+
+def write_samples(ctx, progress: Progress, grid: tuple[torch.Tensor, ...]) -> None:
+    """The evaluation's last files: the sample grid, then loss.png."""
+    folder = ctx.folder
     with folder.png("sample", folder.sample(progress.step)) as f:
         save_grid(f, *grid)
-    write_plot(folder)
+    write_plot(folder, ctx.cfg.loss.distill_weight)
 
 
-def write_plot(folder) -> bool:
-    """loss.png from stats.jsonl (updated at each evaluation and at the end of the run)."""
+def write_plot(folder, distill_weight: float) -> bool:
+    """loss.png from stats.jsonl (updated at each evaluation and at the end of the run); the
+    distillation term is drawn as it enters the loss, weighted by `distill_weight`."""
     buf = io.BytesIO()
-    if not plot_losses(folder.read_log(folder.stats), buf):
+    if not plot_losses(folder.read_log(folder.stats), buf, distill_weight):
         return False
     folder.write("plot", folder / "loss.png", buf.getvalue())
     return True

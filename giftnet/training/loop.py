@@ -55,7 +55,7 @@ class Context:
     precision: str = dataclasses.field(init=False)
     channels_last: bool = dataclasses.field(init=False)
     signals: Signals = dataclasses.field(default_factory=Signals)
-    # evaluate(model, progress): score on the test split, keep the best; None: no evaluation
+    # evaluate(model, progress): score the validation (keep the best) and test splits; None: neither
     evaluate: Callable[[GiftNet, Progress], None] | None = None
 
     def __post_init__(self) -> None:

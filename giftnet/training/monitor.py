@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from giftnet.progress import now_utc
+
+__all__ = ["Monitor", "grid_image", "loss_series", "now_utc", "plot_losses", "save_grid"]
+
 if TYPE_CHECKING:
     from giftnet.training.runfolder import RunFolder
-
-
-def now_utc() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class Monitor:
@@ -111,22 +111,70 @@ def tensorboard_writer(run: Path):
     return SummaryWriter(log_dir=str(run / "tensorboard"))
 
 
+GRID_COLUMNS = ("composite", "mask", "ours", "real")
+LABEL_HEIGHT = 12
+
+
+def blended(composite: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The output as harmonize writes it: composite + mask * (prediction - composite), rounded to
+    0-255, and the composite itself where the mask is 0 (images 0-255, mask 0-1)."""
+    mask = mask.float()
+    out = (composite + mask * (pred - composite)).round().clamp(0, 255)
+    return torch.where(mask > 0, out, composite)
+
+
+def grid_image(composite: torch.Tensor, pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """HxWx3 uint8: a label row (GRID_COLUMNS), then one row per sample (up to 4):
+    composite | mask | ours (blended as harmonize's output) | real."""
+    rows = []
+    for i in range(min(4, composite.shape[0])):
+        ours = blended(composite[i].float(), pred[i].float(), mask[i])
+        tiles = [composite[i].float(), mask[i].float().expand(3, -1, -1) * 255.0, ours, real[i].float()]
+        rows.append(torch.cat(tiles, dim=2))
+    body = torch.cat(rows, dim=1).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+    tile_w = composite.shape[-1]
+    header = Image.new("RGB", (body.shape[1], LABEL_HEIGHT), (255, 255, 255))
+    draw = ImageDraw.Draw(header)
+    for k, label in enumerate(GRID_COLUMNS):
+        draw.text((k * tile_w + 2, 0), label, fill=(0, 0, 0))
+    return np.ascontiguousarray(np.concatenate([np.asarray(header), body], axis=0))
+
+
 def save_grid(
     f: io.BytesIO, composite: torch.Tensor, pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor
 ) -> None:
-    """A PNG into `f` with one row per sample: composite | harmonised | real | mask (images 0-255)."""
-    rows = []
-    for i in range(min(4, composite.shape[0])):
-        tiles = [t[i].float() for t in (composite, pred, real)]
-        tiles.append(mask[i].float().expand(3, -1, -1) * 255.0)
-        rows.append(torch.cat(tiles, dim=2))
-    grid = torch.cat(rows, dim=1).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(np.ascontiguousarray(grid)).save(f, format="PNG")
+    """grid_image as a PNG into `f` (images 0-255, mask 0-1)."""
+    Image.fromarray(grid_image(composite, pred, real, mask)).save(f, format="PNG")
 
 
-def plot_losses(records: list[dict], out: io.BytesIO) -> bool:
-    """Loss curves per stage (in stage order) from stats.jsonl records as a PNG into `out`;
-    False when matplotlib is missing or there is nothing to plot."""
+STAGE_PLOT_ORDER = ("reconstruction", "harmonization")
+
+
+def loss_series(records: list[dict], distill_weight: float) -> list[tuple[str, dict[str, tuple[list, list]]]]:
+    """What loss.png draws: per stage in training order, {label: (steps, values)}: the total, the
+    harmonization term and the distillation term as it enters the total (distill_weight x dis).
+    Only positive values (a log axis)."""
+    out = []
+    for stage in STAGE_PLOT_ORDER:
+        recs = [r for r in records if r.get("stage") == stage]
+        if not recs:
+            continue
+        series: dict[str, tuple[list, list]] = {}
+        for key, label, scale in (
+            ("total", "total", 1.0),
+            ("har", "har", 1.0),
+            ("dis", f"{distill_weight:g} x dis", distill_weight),
+        ):
+            pts = [(r["step"], r[key] * scale) for r in recs if key in r and r[key] * scale > 0]
+            if pts:
+                series[label] = ([s for s, _ in pts], [v for _, v in pts])
+        out.append((stage, series))
+    return out
+
+
+def plot_losses(records: list[dict], out: io.BytesIO, distill_weight: float) -> bool:
+    """loss_series as a PNG into `out`, one panel per stage in training order; False when
+    matplotlib is missing or there is nothing to plot."""
     try:
         import matplotlib
 
@@ -134,19 +182,16 @@ def plot_losses(records: list[dict], out: io.BytesIO) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    order = ("reconstruction", "harmonization")
-    stages = [s for s in order if any(r.get("stage") == s for r in records)]
+    stages = loss_series(records, distill_weight)
     if not stages:
         return False
     fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 4), squeeze=False)
-    for ax, stage in zip(axes[0], stages, strict=True):
-        recs = [r for r in records if r["stage"] == stage]
-        for key in ("total", "har", "dis"):
-            pts = [(r["step"], r[key]) for r in recs if key in r and r[key] > 0]  # a log axis
-            if pts:
-                ax.plot(*zip(*pts, strict=True), label=key)
+    for ax, (stage, series) in zip(axes[0], stages, strict=True):
+        for label, (steps, values) in series.items():
+            ax.plot(steps, values, label=label)
         ax.set(title=stage, xlabel="step", yscale="log")
-        ax.legend()
+        if series:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100, format="png")
     plt.close(fig)

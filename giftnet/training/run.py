@@ -16,7 +16,7 @@ from giftnet.model import GiftNet, parameter_breakdown
 from giftnet.training import distributed as dist
 from giftnet.training.checkpoint import read_metadata, read_progress
 from giftnet.training.config import TrainConfig
-from giftnet.training.data import data_root, load_pairs
+from giftnet.training.data import data_root, load_pairs, split_validation
 from giftnet.training.evaluation import make_evaluator, write_plot
 from giftnet.training.loop import Context, load_teacher, train_stage
 from giftnet.training.preflight import preflight
@@ -74,10 +74,10 @@ def run_in(ctx: Context, resume: bool, dry_run: bool) -> int:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     root = data_root(cfg)
-    train_pairs = load_pairs(cfg, root, "train", ctx.log)
+    train_pairs, val_pairs = split_validation(cfg, root, load_pairs(cfg, root, "train", ctx.log))
     test_pairs = load_pairs(cfg, root, "test", ctx.log) if list_subsets(root, "test") else []
     stages = plan_stages(ctx)
-    describe(ctx, stages, train_pairs, test_pairs)
+    describe(ctx, stages, train_pairs, val_pairs, test_pairs)
     if dry_run:
         ctx.log("dry run: configuration and data are valid; nothing was trained")
         return 0
@@ -88,7 +88,7 @@ def run_in(ctx: Context, resume: bool, dry_run: bool) -> int:
         folder.write_config(cfg.to_dict())
         folder.write("config", folder / "run-info.json", json.dumps(run_info(ctx), indent=2).encode())
     dist.barrier()
-    ctx.evaluate = make_evaluator(ctx, test_pairs)
+    ctx.evaluate = make_evaluator(ctx, val_pairs, test_pairs)
     with ctx.signals.installed():
         return run_stages(ctx, stages, train_pairs)
 
@@ -107,7 +107,7 @@ def run_stages(ctx: Context, stages: list[str], train_pairs: list) -> int:
         if dist.is_main():
             folder.export("model", functools.partial(save_weights, model), folder / MODEL_FILE)
             ctx.log(f"exported {folder / MODEL_FILE}")
-    if dist.is_main() and write_plot(folder):
+    if dist.is_main() and write_plot(folder, ctx.cfg.loss.distill_weight):
         ctx.log(f"loss curves: {folder / 'loss.png'}")
     return 0
 
@@ -174,14 +174,17 @@ def refuse_changed_settings(ctx: Context) -> None:
     )
 
 
-def describe(ctx: Context, stages: list[str], train_pairs: list, test_pairs: list) -> None:
+def describe(ctx: Context, stages: list[str], train_pairs: list, val_pairs: list, test_pairs: list) -> None:
     cfg = ctx.cfg
     counts = parameter_breakdown(GiftNet(cfg.model))
     ctx.log(f"run folder   {ctx.folder.path}")
     ctx.log(
         f"device       {ctx.device} x{dist.world_size()}  precision {ctx.precision}  channels_last {ctx.channels_last}"
     )
-    ctx.log(f"data         {len(train_pairs)} train / {len(test_pairs)} test pairs  backend {cfg.backend}")
+    ctx.log(
+        f"data         {len(train_pairs)} train / {len(val_pairs)} validation / {len(test_pairs)} test pairs  "
+        f"backend {cfg.backend}"
+    )
     ctx.log(
         f"stages       {', '.join(f'{s} ({cfg.stage_epochs(s)} epochs)' for s in stages)}  batch {cfg.batch_size}  crop {cfg.crop_size}"
     )
@@ -195,9 +198,16 @@ def describe(ctx: Context, stages: list[str], train_pairs: list, test_pairs: lis
     ctx.log(
         f"loss         {cfg.loss.harmonization} + {cfg.loss.distill_weight} x {cfg.loss.distill} on {list(cfg.loss.distill_sites)}"
     )
-    if test_pairs:
-        every = f"every {cfg.eval_every} epochs and " if cfg.eval_every else ""
+    if "harmonization" not in stages:
+        return
+    every = f"every {cfg.eval_every} epochs and " if cfg.eval_every else ""
+    if val_pairs:
+        held = f"{cfg.val_fraction:g} of the train list's real images"
+        ctx.log(f"validation   {every}at the end, on {held}; {BEST_FILE} is selected on it")
+    else:
         ctx.log(
-            f"evaluation   {every}at the end, on the test split; {BEST_FILE} is selected on it "
-            "(test-selected, not an unbiased score)"
+            f"validation   none (--val-fraction {cfg.val_fraction:g} holds out no image): no best model is "
+            f"selected; the result is {MODEL_FILE}, the last weights"
         )
+    if test_pairs:
+        ctx.log(f"test         {every}at the end, for reporting only (nothing is selected on it)")
