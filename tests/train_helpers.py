@@ -52,7 +52,8 @@ def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float 
     end = time.monotonic() + timeout
     while not list(folder.glob(pattern)):
         if proc.poll() is not None:
-            pytest.fail(f"trainer ended before {pattern} appeared:\n{proc.stdout.read()}")
+            output = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"trainer ended before {pattern} appeared:\n{output}")
         if time.monotonic() > end:
             proc.kill()
             pytest.fail(f"no {pattern} within {timeout} s")
