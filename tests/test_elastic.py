@@ -2,9 +2,10 @@
 
 The elastic agent starts the same command line again with TORCHELASTIC_RESTART_COUNT > 0; the
 trainer then continues from the newest complete checkpoint with no flag. Three kills are tried:
-a worker of rank 1 at a random step, rank 0 (the only writer), and a worker while a checkpoint
-temporary is written but not yet renamed. Each ends bit-identical to an uninterrupted 2-rank run.
-"""
+rank 1 at a random step, rank 0 (the only writer) at a random step, and rank 0 while a checkpoint
+temporary is written but not yet renamed. Each ends bit-identical to an uninterrupted 2-rank run,
+after one restart (--max-restarts 1). First, the restart itself: a group whose ranks come back at
+different times must meet in a fresh key space (giftnet.training.distributed.attempt_store)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from giftnet.training.runfolder import STAGE_ORDER, RunFolder
 from tests.train_helpers import ENV as HELPER_ENV
 from tests.train_helpers import ROOT, build_tiny_data, free_port
 
@@ -106,6 +108,22 @@ def uninterrupted(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+def newest_checkpoint(out: Path) -> tuple[int, int]:
+    """(stage index, step) of the newest complete checkpoint; (-1, 0) when there is none."""
+    found = RunFolder(out).checkpoints()
+    return found[-1][:2] if found else (-1, 0)
+
+
+def resumed_from(text: str) -> tuple[int, int]:
+    """(stage index, step) of the checkpoint the restarted run says it resumed from; (-1, 0) if none."""
+    found = re.findall(r"resumed \w+ from (ckpt-\S+\.safetensors)", text)
+    assert len(found) <= 1, found  # one restart: at most one resume
+    if not found:
+        return (-1, 0)
+    stage, step = re.fullmatch(r"ckpt-(\w+)-(\d+)\.safetensors", found[0]).groups()  # type: ignore[union-attr]
+    return (STAGE_ORDER.index(stage), int(step))
+
+
 def kill_when(agent: subprocess.Popen, ready, rank: int, timeout: float = 300) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -155,6 +173,8 @@ def test_killed_worker_restarts_and_ends_bit_identical(tiny_data, uninterrupted,
                                  stderr=subprocess.STDOUT, text=True)  # fmt: skip
         try:
             kill_when(agent, ready, rank)
+            time.sleep(0.5)  # a killed rank 0 writes nothing more: what is there now is final
+            newest_at_kill = newest_checkpoint(out)
             agent.wait(timeout=240)
         finally:
             if agent.poll() is None:
@@ -162,6 +182,11 @@ def test_killed_worker_restarts_and_ends_bit_identical(tiny_data, uninterrupted,
     text = log.read_text()
     assert agent.returncode == 0, f"{where}\n{text[-4000:]}"
     assert "torchrun restart 1: continuing from the newest checkpoint" in text, f"{where}\n{text[-4000:]}"
+    # The restart resumes from the newest complete checkpoint: the one there at the kill when rank 0
+    # (the only writer) died; a surviving rank 0 may have finished one more before it was stopped.
+    resumed = resumed_from(text[text.index("torchrun restart 1") :])
+    print(f"{where}: newest complete checkpoint at the kill {newest_at_kill}, resumed from {resumed}")
+    assert resumed == newest_at_kill if rank == 0 else resumed >= newest_at_kill, (where, resumed, newest_at_kill)
     if "GIFTNET_TEST_WRITE_DELAY_S" in env:  # the cut write is cleaned, the checkpoint before it used
         assert re.search(r"removed \.ckpt-\S+\.tmp, left by a write that was interrupted", text), text[-4000:]
     assert not list(out.glob(".*.tmp")), where
