@@ -28,9 +28,25 @@ def init(device_kind: str = "auto") -> torch.device:
         device = torch.device("cpu")
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
-        device_id = device if use_cuda else None  # None: torch's default
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), device_id=device_id)
+        kwargs = {"device_id": device} if use_cuda else {}
+        timeout = datetime.timedelta(minutes=30)
+        store, rank_, world = attempt_store(timeout)
+        dist.init_process_group(backend, store=store, rank=rank_, world_size=world, timeout=timeout, **kwargs)
     return device
+
+
+def attempt_store(timeout: datetime.timedelta) -> tuple[dist.Store, int, int]:
+    """torch's env:// rendezvous (MASTER_ADDR/PORT, RANK, WORLD_SIZE), its keys under this attempt.
+
+    Under torchrun the workers connect to the elastic agent's TCP store, and that store lives as
+    long as the agent: a restarted group finds every key the dead group wrote. gloo (and NCCL)
+    bootstrap through fixed key names, so a restarted rank that came up before its peer read the
+    dead peer's address and failed ("connectFullMesh ... Connection refused"), with static and
+    c10d rendezvous alike (torch 2.13; torch's env:// handler assumes a fresh store per restart).
+    A prefix per torchrun attempt gives every restart a key space of its own.
+    """
+    store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
+    return dist.PrefixStore(f"giftnet/attempt{restart_count()}/", store), rank_, world
 
 
 def restart_count() -> int:
@@ -63,8 +79,9 @@ class Agreement:
     """
 
     def __init__(self, tag: str) -> None:
-        # The attempt number keeps a torchrun restart from reading the dead attempt's rounds.
-        self.tag, self.round = f"{tag}/attempt{restart_count()}", 0
+        # The default store is this torchrun attempt's (see attempt_store): a restarted group
+        # never reads the dead group's rounds.
+        self.tag, self.round = tag, 0
         self.store = _default_store() if world_size() > 1 else None
 
     def __call__(self, status: str) -> list[str]:
