@@ -28,10 +28,12 @@ def init(device_kind: str = "auto") -> torch.device:
         device = torch.device("cpu")
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
-        kwargs = {"device_id": device} if use_cuda else {}
+        device_id = device if use_cuda else None  # None: torch's default
         timeout = datetime.timedelta(minutes=30)
         store, rank_, world = attempt_store(timeout)
-        dist.init_process_group(backend, store=store, rank=rank_, world_size=world, timeout=timeout, **kwargs)
+        dist.init_process_group(
+            backend, store=store, rank=rank_, world_size=world, timeout=timeout, device_id=device_id
+        )
     return device
 
 
