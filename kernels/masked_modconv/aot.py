@@ -23,7 +23,7 @@ def _fwd_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
     t = DTYPES[dtype]
     ptr = f"*{t}"
     sig = {"inp_ptr": ptr, "w_ptr": ptr, "scale_in_ptr": "*fp32", "scale_out_ptr": "*fp32"}
-    sig |= {"mask_ptr": ptr, "res_ptr": ptr, "out_ptr": ptr, "C": "i32", "H": "i32", "W": "i32"}
+    sig |= {"mask_ptr": ptr, "res_ptr": ptr, "out_ptr": ptr, "C": "i32", "H": "i32", "W": "i32", "size_bucket": "i32"}
     unit = "w" if layout == "nchw" else "c"
     strides = {}
     for tensor in ("i", "r", "o"):
@@ -50,7 +50,7 @@ def _corr_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
     t = DTYPES[dtype]
     ptr = f"*{t}"
     sig = {"dy_ptr": ptr, "x_ptr": ptr, "mask_ptr": ptr, "part_ptr": "*fp32"}
-    sig |= {"B": "i32", "C": "i32", "H": "i32", "W": "i32", "chunk_pixels": "i32"}
+    sig |= {"B": "i32", "C": "i32", "H": "i32", "W": "i32", "size_bucket": "i32", "chunk_rows": "i32"}
     unit = "w" if layout == "nchw" else "c"
     strides = {}
     for tensor in ("d", "x"):

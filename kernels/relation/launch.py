@@ -51,8 +51,7 @@ _TUNE_KEY = ["C", "stride_xp"]
 _TILES = ("BLOCK_C",)
 _TUNED = {k: autotuned(k, CONFIGS, _TUNE_KEY, _TILES) for k in (_channel_sum_kernel, _logits_kernel)}
 _TUNED[_grad_kernel] = autotuned(_grad_kernel, CONFIGS, [*_TUNE_KEY, "stride_gp"], _TILES)
-# The light kernels (per-pixel logits, per-program partials): one fixed config each.
-LOSS_TERMS_CONFIG = triton.Config({"BLOCK_N": 256, "BLOCK_P": 64}, num_warps=4, num_stages=1)
+# The light kernel (combining per-program partials): one fixed config.
 MEAN_CONFIG = triton.Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=4, num_stages=1)
 
 CHUNK_ALIGN = 64  # pixels per program are a multiple of this
@@ -80,11 +79,11 @@ def split_pixels(n: int, batch: int, device: torch.device) -> tuple[int, int]:
     return chunk, triton.cdiv(n, chunk)
 
 
-def _launch(kernel, grid: tuple[int, ...], channels: int, *args) -> None:
+def _launch(kernel, grid: tuple[int, ...], channels: int, *args, **kwargs) -> None:
     """Launch a feature-reading kernel over `channels` channels (kernels._dispatch.launch)."""
     launch(
         kernel, _TUNED[kernel], lambda meta: grid, *args,
-        interpreter_config=INTERPRETER_CONFIG, channels=channels, tile_keys=_TILES,
+        interpreter_config=INTERPRETER_CONFIG, channels=channels, tile_keys=_TILES, **kwargs,
     )  # fmt: skip
 
 
@@ -131,13 +130,17 @@ class _Features:
         _launch(_logits_kernel, (self.b, self.p), self.c, *args)
         return z, mx, se
 
-    def grad(self, dz, m, inv_area, f, g, upstream: torch.Tensor, two_gamma: float) -> torch.Tensor:
-        """The gradient w.r.t. x (see _grad_kernel), in x's dtype and layout."""
+    def grad(self, dz, m, inv_area, f, g, upstream: torch.Tensor, two_gamma: float, a=None, q=None) -> torch.Tensor:
+        """The gradient w.r.t. x (see _grad_kernel), in x's dtype and layout; with `a` and `q`
+        (the loss), `dz` holds R_s and the kernel forms dz = R_s (a - q) itself."""
         cl = self.sp != 1  # then the channel stride is 1: write the gradient channels_last too
         out = torch.empty_like(self.x, memory_format=torch.channels_last if cl else torch.contiguous_format)
         out, gb, gc, gp = pixel_strides(out)
-        args = (self.x, dz, m, inv_area, f, g, upstream, out, self.sb, self.sc, self.sp, gb, gc, gp)
-        _launch(_grad_kernel, (self.b, self.p), self.c, *args, self.c, self.n, self.chunk, two_gamma)
+        terms = a is not None
+        a, q = (a, q) if terms else (dz, inv_area)  # not read without FROM_TERMS
+        args = (self.x, dz, m, inv_area, f, g, upstream, a, q, out, self.sb, self.sc, self.sp, gb, gc, gp)
+        sizes = (self.c, self.n, self.chunk, two_gamma)
+        _launch(_grad_kernel, (self.b, self.p), self.c, *args, *sizes, FROM_TERMS=terms)
         return out
 
 
