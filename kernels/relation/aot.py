@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kernels.aot import AotSpec
+from kernels.aot import AotSpec, site_divisible
 from kernels.relation import jit_loss
 from kernels.relation.jit import _channel_sum_kernel, _grad_kernel, _logits_kernel, _mean_kernel
 from kernels.relation.launch import _TRITON_DTYPE, CONFIGS, DTYPES, MEAN_CONFIG
@@ -132,6 +132,5 @@ def aot_specs() -> list[AotSpec]:
 
 
 def aot_divisible(spec: AotSpec) -> tuple[str, ...]:
-    """Arguments of `spec` that are multiples of 16 at E1-E4 sizes (pointers, sizes, strides):
-    Triton specializes on that at launch, and it decides vector widths and registers."""
-    return tuple(k for k, v in spec.signature.items() if v.startswith("*") or (v == "i32" and k not in ("B", "P")))
+    """Arguments of `spec` that are multiples of 16 at E1-E4 sizes (kernels.aot.site_divisible)."""
+    return site_divisible(spec)
