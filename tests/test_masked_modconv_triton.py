@@ -120,6 +120,28 @@ def test_expanded_gradient_mixed_layouts_and_partial_requires_grad():
     torch.testing.assert_close(xs.grad, xr.grad, atol=2e-5, rtol=1e-4)
 
 
+def test_channels_last_crop_is_read_in_place():
+    """A crop of a channels_last map (not contiguous in any format) goes to the kernels as it is."""
+    from kernels.masked_modconv.launch import dense
+
+    x, weight, style, mask, dy = make_inputs(Case(1, 17, 11, 13, "soft", True, True), torch.float32)
+    crop = x[:, :, 1:-1, 2:-1]
+    assert not crop.is_contiguous(memory_format=torch.channels_last)
+    assert dense(crop).data_ptr() == crop.data_ptr()
+    xs = crop.clone().requires_grad_(False)
+    leaves = [weight.clone().requires_grad_(True), style.clone().requires_grad_(True)]
+    m, g = mask[:, :, 1:-1, 2:-1], dy[:, :, 1:-1, 2:-1]
+    y = masked_modconv2d(crop, *leaves, m, impl="triton")
+    y.backward(g)
+    ref = [weight.clone().requires_grad_(True), style.clone().requires_grad_(True)]
+    y_ref = masked_modconv2d_reference(xs, *ref, m)
+    y_ref.backward(g)
+    for got, want in zip([y, *(t.grad for t in leaves)], [y_ref, *(t.grad for t in ref)], strict=True):
+        torch.testing.assert_close(
+            got.detach(), want.detach(), atol=2e-5 * max(1.0, want.abs().max().item()), rtol=1e-4
+        )
+
+
 def test_mask_and_style_in_other_dtypes():
     """fp16 activations with an fp32 mask, weight and style (as under mixed precision)."""
     x, weight, style, mask, dy = make_inputs(Case(1, 17, 7, 13, "soft", True, False), torch.float32)

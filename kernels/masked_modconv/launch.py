@@ -20,9 +20,9 @@ from kernels.masked_modconv.jit import conv3x3_scale_blend_kernel, tap_correlati
 # (tests/test_aot_masked_modconv.py), also when specialized on 16-divisible shapes as at the
 # GiftNet sites; 128x128 tiles spill. No 8-warp config is register-capped (maxnreg, which
 # kernels._dispatch.launch and kernels.aot pass through): at 128 registers per thread, the cap
-# that lets two 8-warp blocks share an SM, the conv tile spills 192-464 B of stack in the
-# generic compile (every dtype and layout, sm_86 and sm_90), and the correlation's 64- and
-# 128-wide fp32 and 32-wide bf16 NCHW tiles spill too.
+# that lets two 8-warp blocks share an SM, the 8-warp conv tile spills 16-128 B of stack in the
+# generic compile (the site-specialized one fits), and the correlation's 32x32 (8x16 pixels)
+# and 128x64 tiles spill 24-264 B even as specialized at the sites.
 # Pixel tiles are 2-D (BLOCK_H x BLOCK_W) so that a tile is compact and, on object masks, more
 # often entirely background (skipped): 8x8 tiles skip 75-87% of E1's tiles on real masks, rows of
 # 128 pixels 65-73% (bench/results/sites.md).
@@ -78,8 +78,12 @@ def pack_weight_transposed(weight: torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 
 def dense(t: torch.Tensor) -> torch.Tensor:
-    """t itself when NCHW- or channels_last-contiguous, else a contiguous copy (e.g. expanded grads)."""
+    """An input as the kernels read it: t itself when its width or channel stride is 1 (NCHW or
+    channels_last, views such as crops included: the kernels take any strides), else a
+    contiguous copy (e.g. gradients expanded from a scalar, with all strides 0)."""
     if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    if t.dim() == 4 and min(t.stride()) >= 0 and 1 in (t.stride(1), t.stride(3)):
         return t
     return t.contiguous()
 
