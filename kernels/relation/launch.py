@@ -1,21 +1,16 @@
-"""Fused relation map and relation-distillation loss in Triton, forward and backward.
+"""Relation map in Triton (forward and backward), and the feature views and backward launch the loss shares.
 
-Kernels (kernels.relation.jit) over a (B, P) grid, P programs per sample, each
-on one chunk of pixels; per sample:
+Kernels (kernels.relation.jit) over a (B, P) grid, P programs per sample, each on one chunk of
+pixels; per sample:
   1. masked sums     sum_i m_i F_i, sum_i m_i   -> f = sum / max(area, AREA_EPS)  (+ a tiny combine)
-  2. logits          z_i = -gamma ||f - F_i||^2 -> per-program softmax (max, sum of exp); z kept
-  3. loss:           R_s, R_t from z and the combined statistics, sum_i (R_s - R_t)^2 reduced in
-                     the kernel, the maps never stored. With a gradient to come it keeps R_s and
-                     a = 2 (R_s - R_t), so dz = R_s (a - sum_j R_s[j] a[j]) is exact.
-  4. gradient only:  g = sum_i dz_i (F_i - f), the path through f (needs every dz first).
-  5. backward:       dF_j = 2 gamma s ((m_j / A) g - dz_j (F_j - f)) / B, s the upstream gradient.
-With a gradient the loss reads the student three times and the teacher twice in the forward,
-and the student once more (writing its gradient) in the light backward. f needs every pixel
-before any logit and the normaliser every logit before any exact dz, so passes 1, 2 and 5 are
-the minimum without a grid-wide barrier; pass 4 could fold into pass 2 as online-rescaled sums
-(sum R_s^2 (F - f), sum R_s R_t (F - f), ...) but those cancel as the student nears the
-teacher, so it stays exact. The logits cost 4 bytes per pixel and map, the features 2C or 4C.
-Per-program partials are combined in a fixed order: deterministic, no atomics.
+  2. logits          z_i = -gamma ||f - F_i||^2 -> per-program softmax (max, sum of exp); z kept,
+                     normalised into the map by torch
+  3. backward:       dz from the map, g = sum_i dz_i (F_i - f) (the path through f), then
+                     dF_j = 2 gamma ((m_j / A) g - dz_j (F_j - f)) (_grad_kernel)
+The loss has its own five launches (kernels.relation.launch_loss, kernels.relation.jit_loss)
+and shares _grad_kernel, which there forms dz = R_s (a - q) itself (FROM_TERMS). The logits
+cost 4 bytes per pixel and map, the features 2C or 4C. Per-program partials are combined in a
+fixed order: deterministic, no atomics.
 """
 
 from __future__ import annotations
