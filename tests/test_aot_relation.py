@@ -60,7 +60,7 @@ def _compile_all(tmp_path: Path, parts: int = 2) -> list[dict]:
     ]
     rows = []
     for proc in procs:
-        out, err = proc.communicate(timeout=600)
+        out, err = proc.communicate(timeout=1500)  # 435 fresh compiles: over 10 min on 2 loaded cores
         assert proc.returncode == 0, f"AOT subprocess failed:\n{err[-4000:]}"
         rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return rows

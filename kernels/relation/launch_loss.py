@@ -1,6 +1,6 @@
 """Launchers of the relation-distillation loss in five launches (kernels.relation.jit_loss).
 
-Each tile spans all channels (CP = next power of 2 of C) by BLOCK_N pixels, about 2048
+Each tile spans all channels (CP = next power of 2 of C) by BLOCK_N pixels, about 1024
 elements, so one config per channel count: nothing to autotune, the same reduction order on
 every run (deterministic mode needs no pin).
 """
@@ -14,7 +14,7 @@ from kernels.relation.jit_loss import _finalize_kernel, _pair_logits_kernel, _pa
 from kernels.relation.launch import _Features
 from kernels.relation.reference import AREA_EPS
 
-TILE_ELEMENTS = 2048  # CP * BLOCK_N per tile (4096 spills 8 B in the generic channels_last compile)
+TILE_ELEMENTS = 1024  # CP * BLOCK_N per tile, at least 8 pixels (2048 and 4096 spill 8 B in generic compiles)
 BLOCK_P = 32  # per-program partials combined this many at a time
 
 
@@ -22,7 +22,7 @@ def tile_config(channels: int) -> dict[str, int]:
     """Meta-parameters and warps of the loss kernels for `channels` channels."""
     cp = triton.next_power_of_2(max(channels, 1))
     block_n = max(8, min(128, TILE_ELEMENTS // cp))
-    return {"CP": cp, "BLOCK_N": block_n, "num_warps": 8 if cp * block_n >= 2048 else 4}
+    return {"CP": cp, "BLOCK_N": block_n, "num_warps": 8 if cp * block_n >= 1024 else 4}
 
 
 def loss_forward(
