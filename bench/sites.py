@@ -23,6 +23,8 @@ from bench.sites_model import (
     LAUNCH_FLOOR_US,
     RELATION_SITES,
     Shape,
+    corr_tile,
+    fwd_tile,
     modconv_compile,
     modconv_ideal,
     modconv_traced,
@@ -32,6 +34,7 @@ from bench.sites_model import (
     relation_traced,
     relation_triton,
     site_shapes,
+    tile_name,
     total,
 )
 from giftnet.errors import run_cli
@@ -39,16 +42,43 @@ from giftnet.fileio import atomic_write_text
 
 MODCONV_IMPLS = ("triton", "eager", "grouped", "compile (est.)", "cudnn conv only", "ideal")
 RELATION_IMPLS = ("triton", "eager", "compile (est.)", "ideal 3-pass")
-SKIP_TILES = ("8x8", "16x16", "8x32", "flat64")
+SKIP_TILES = ("8x8", "8x16", "4x8", "flat64")
 
 
-def modconv_rows(s: Shape) -> dict[str, dict]:
-    """Impl -> {fwd, bwd, per-GPU totals} of one masked modconv call (fwd + bwd)."""
+def short_label(label: str) -> str:
+    """A mask set's short name: the first path component that is not a generic folder name."""
+    parts = [p for p in label.split("/") if p not in ("data", "photos", "masks")]
+    return (parts or [label])[0].removesuffix(".zip")
+
+
+def kernel_skips(stats: dict[str, dict], c: int, side: int) -> dict[str, tuple[float, float]]:
+    """Mask set -> (skipped share of the conv's tiles, of the correlation's pixel steps) at a site,
+    for the tiles the kernels use at C = c (bench.sites_model.fwd_tile, corr_tile)."""
+    th, tw, _ = fwd_tile(c)
+    _, _, ch, cw = corr_tile(c)
+    return {
+        short_label(name): (
+            float(st["sides"][side]["skip"][tile_name(th, tw)].mean()),
+            float(st["sides"][side]["skip"][tile_name(ch, cw)].mean()),
+        )
+        for name, st in stats.items()
+    }
+
+
+def modconv_rows(s: Shape, skips: dict[str, tuple[float, float]] | None = None) -> dict[str, dict]:
+    """Impl -> {fwd, bwd, per-GPU totals} of one masked modconv call (fwd + bwd); "triton" is
+    the all-foreground worst case, "triton skip: X" the kernels on mask set X's mean skip."""
     rows = {}
-    for impl in MODCONV_IMPLS:
+    impls = list(MODCONV_IMPLS)
+    for name in skips or {}:
+        impls.insert(1 + impls.index("triton") + list(skips or {}).index(name), f"triton skip: {name}")
+    for impl in impls:
         per_gpu = {}
         for gpu in GPUS:
-            if impl == "triton":
+            if impl.startswith("triton skip: "):
+                sk_fwd, sk_corr = (skips or {})[impl.removeprefix("triton skip: ")]
+                fwd, bwd = modconv_triton(s, gpu, fg=1.0 - sk_fwd, fg_corr=1.0 - sk_corr)
+            elif impl == "triton":
                 fwd, bwd = modconv_triton(s, gpu)
             elif impl in ("eager", "grouped"):
                 fwd, bwd = modconv_traced(s, impl)
@@ -127,7 +157,7 @@ def _skip_tables(stats: dict[str, dict], sites: dict[str, tuple[int, int]]) -> l
 
 
 def skip_speedup(s: Shape, skip: float) -> dict[str, float]:
-    """Roofline speed-up of today's Triton modconv (fwd + bwd) if it skipped `skip` of its tiles."""
+    """Roofline speed-up of today's Triton modconv (fwd + bwd) when it skips `skip` of its tiles."""
     out = {}
     for gpu in GPUS:
         fwd, bwd = modconv_triton(s, gpu)
@@ -136,6 +166,23 @@ def skip_speedup(s: Shape, skip: float) -> dict[str, float]:
         part = total(fwd + bwd, gpu)["us"]
         out[gpu.name] = full / part
     return out
+
+
+def _kernel_skip_table(stats: dict[str, dict], sites: dict[str, tuple[int, int]]) -> list[str]:
+    out = [
+        "| data | site | conv tile (fwd, dx) | skipped | correlation step | skipped |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, st in stats.items():
+        for site, (c, side) in sites.items():
+            th, tw, _ = fwd_tile(c)
+            _, _, ch, cw = corr_tile(c)
+            a, b = (st["sides"][side]["skip"][tile_name(*t)] for t in ((th, tw), (ch, cw)))
+            out.append(
+                f"| {name} | {site} | {th}x{tw} | {a.mean():.3f} ({np.percentile(a, 10):.2f}-{np.percentile(a, 90):.2f}) "
+                f"| {ch}x{cw} | {b.mean():.3f} ({np.percentile(b, 10):.2f}-{np.percentile(b, 90):.2f}) |"
+            )
+    return [*out, ""]
 
 
 def _speedup_table(stats: dict[str, dict], sites: dict[str, tuple[int, int]]) -> list[str]:
@@ -159,7 +206,7 @@ def build_report(stats: dict[str, dict], command: str) -> str:
     info = machine()
     shapes = {k: Shape(BATCH, c, side) for k, (c, side) in sites.items()}
     feat_mb = {k: s.feat / 1e6 for k, s in shapes.items()}
-    mod = {k: modconv_rows(s) for k, s in shapes.items()}
+    mod = {k: modconv_rows(s, kernel_skips(stats, s.c, s.side)) for k, s in shapes.items()}
     rel = {k: relation_rows(shapes[k]) for k in RELATION_SITES}
     lines = [
         "# GiftNet sites: bytes, FLOPs, launches per call, and the background on real masks",
@@ -208,17 +255,30 @@ def build_report(stats: dict[str, dict], command: str) -> str:
     lines += ["## Background on real masks", ""]
     lines += [
         "Masks resized to 256 (bilinear), then area-averaged to each site's side as giftnet.gift does; a",
-        "tile (rows x columns of map cells; flatN = N consecutive row-major pixels, as today's kernels",
-        "tile) is skippable when all its cells are exactly 0. Mean over images (10th-90th percentile).",
+        "tile (rows x columns of map cells; flatN = N consecutive row-major pixels, as the kernels",
+        "tiled before they skipped) is skippable when all its cells are exactly 0. Mean over images",
+        "(10th-90th percentile).",
         "",
     ]
     lines += _skip_tables(stats, sites)
+    lines += [
+        "### Tiles the kernels skip",
+        "",
+        "The tiles the Triton modconv runs at each site's channel count (the configs that fit C;",
+        "the autotuner may pick another on the GPU) and the mean share of them that holds no",
+        "foreground: the forward and dx copy those, the weight/style correlation skips them",
+        "(it also skips a step whose tap-shifted tile is background, so it skips at least this).",
+        "These are the fractions in the 'triton skip' rows above.",
+        "",
+    ]
+    lines += _kernel_skip_table(stats, sites)
     lines += [
         "## Skip-background speed-up bounds (today's Triton modconv, fwd+bwd)",
         "",
         "Work bound: FLOPs and tile loads fall by the skippable fraction s. Roofline bound: the same",
         "model as above with skipped tiles doing no convolution work and the correlation reading",
-        "nothing for them, while forward and dx still copy x (their DRAM bytes stay).",
+        "nothing for them, while forward and dx still copy x (their DRAM bytes stay); one tile",
+        "shape for every kernel here, against the all-foreground 'triton' row.",
         "",
     ]
     lines += _speedup_table(stats, sites)

@@ -6,7 +6,9 @@ does, so a cell is background only when no foreground pixel touches it. A 2-D ou
 th x tw map cells is skippable when every cell in it is exactly 0: there the transformed map
 equals the input (forward and dx copy it; the weight/style correlation gets nothing). Tiles at
 the right and bottom border are clipped to the map and count like any other. "flatN" tiles
-are N consecutive pixels in row-major order (today's kernels tile flattened h * W + w pixels).
+are N consecutive pixels in row-major order (how the kernels tiled before they skipped; kept
+for comparison). The kernels' tiles are 8x8 and 8x16 (forward, dx) and 8x16 and 4x8 (the
+weight/style correlation's pixel steps).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from giftnet.gift import resize_mask
 from pipeline.images import read_mask
 
 IMAGE = 256
-TILES = ("8x8", "16x16", "8x32", "32x8", "32x32", "flat64", "flat128")
+TILES = ("8x8", "8x16", "4x8", "16x16", "8x32", "32x32", "flat64", "flat128")
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 

@@ -119,33 +119,42 @@ class Shape:
 
 
 # The tile each of today's kernels is meant to run at C (the autotuner decides on the GPU; these
-# are the configs kernels/masked_modconv_fwd.py and _bwd.py name for that width).
-def fwd_tile(c: int) -> tuple[int, int]:
-    """(BLOCK_P, BLOCK_O) of conv3x3_scale_blend_kernel."""
-    return (64, 32) if c <= 32 else (64, 64) if c <= 64 else (128, 64)
+# are the configs of kernels/masked_modconv/launch.py that fit that width).
+def fwd_tile(c: int) -> tuple[int, int, int]:
+    """(BLOCK_H, BLOCK_W, BLOCK_O) of conv3x3_scale_blend_kernel."""
+    return (8, 8, 32) if c <= 32 else (8, 8, 64) if c <= 64 else (8, 16, 64)
 
 
-def corr_tile(c: int) -> tuple[int, int]:
-    """(BLOCK_O, BLOCK_I) of tap_correlation_kernel."""
-    return (32, 32) if c <= 32 else (64, 64) if c <= 64 else (128, 64)
+def corr_tile(c: int) -> tuple[int, int, int, int]:
+    """(BLOCK_O, BLOCK_I, BLOCK_H, BLOCK_W) of tap_correlation_kernel (BLOCK_H x BLOCK_W: its pixel step)."""
+    return (32, 32, 8, 16) if c <= 32 else (64, 64, 4, 8) if c <= 64 else (128, 64, 4, 8)
+
+
+def tile_name(h: int, w: int) -> str:
+    """The bench.sites_masks name of an h x w pixel tile."""
+    return f"{h}x{w}"
 
 
 def corr_chunks(s: Shape, sms: int) -> int:
-    """kernels.masked_modconv_bwd.choose_chunks, restated (pixel chunks per sample)."""
+    """kernels.masked_modconv.launch.choose_chunks and its row bands, restated (chunks per sample)."""
     want = -(-4 * sms // (s.b * 9 * (-(-s.c // 64)) ** 2))
     by_memory = max(1, (256 << 20) // (s.b * 9 * s.c * s.c * 4))
-    return max(1, min(want, max(1, s.p // 1024), by_memory))
+    chunks = max(1, min(want, max(1, s.p // 1024), by_memory))
+    per_chunk = math.ceil(s.side / chunks)
+    rows = math.ceil(per_chunk / 16) * 16  # bands of whole multiples of 16 rows
+    return math.ceil(s.side / rows)
 
 
 def _conv_blend(s: Shape, name: str, fg: float = 1.0) -> Launch:
     """conv3x3_scale_blend_kernel: reads inp and mask, re-reads inp as the residual, writes out.
 
     DRAM: inp once (the residual tile was just loaded as the centre tap, assumed an L2 hit), the
-    mask, the output. L2 requests: each program loads its BLOCK_P pixels x all C input channels
-    (and the mask) once per tap, so the input is requested 9 x (C / BLOCK_O) times. `fg` < 1:
-    the fraction of pixel tiles that are not skipped (skipped ones only copy inp to out).
+    mask, the output. L2 requests: each program loads its BLOCK_H x BLOCK_W pixels x all C input
+    channels (and the mask) once per tap, so the input is requested 9 x (C / BLOCK_O) times.
+    `fg` < 1: the fraction of pixel tiles that are not skipped (skipped ones only copy inp to out).
     """
-    bp, bo = fwd_tile(s.c)
+    th, tw, bo = fwd_tile(s.c)
+    bp = th * tw
     n_o = -(-s.c // bo)
     programs = s.b * -(-s.p // bp) * n_o
     l2 = fg * (9 * n_o * (s.feat + s.mask) + programs * 9 * s.c * bo * s.e) + s.feat + n_o * s.mask
@@ -154,8 +163,9 @@ def _conv_blend(s: Shape, name: str, fg: float = 1.0) -> Launch:
 
 
 def _tap_correlation(s: Shape, sms: int, fg: float = 1.0) -> list[Launch]:
-    """tap_correlation_kernel + the sum over chunks of its fp32 partials (B, 9, C, C)."""
-    bo, bi = corr_tile(s.c)
+    """tap_correlation_kernel + the sum over chunks of its fp32 partials (B, 9, C, C); `fg`: the
+    fraction of its pixel steps that are not skipped (a skipped step loads nothing)."""
+    bo, bi, _, _ = corr_tile(s.c)
     n_o, n_i = -(-s.c // bo), -(-s.c // bi)
     chunks = corr_chunks(s, sms)
     g = s.b * 9 * s.c * s.c * 4
@@ -189,12 +199,15 @@ MODCONV_GLUE_FWD = 9
 MODCONV_GLUE_BWD = 5
 
 
-def modconv_triton(s: Shape, gpu: Gpu, fg: float = 1.0) -> tuple[list[Launch], list[Launch]]:
-    """Today's Triton path (kernels/masked_modconv_triton.py): fwd 1 big kernel, bwd 2 + torch math."""
+def modconv_triton(
+    s: Shape, gpu: Gpu, fg: float = 1.0, fg_corr: float | None = None
+) -> tuple[list[Launch], list[Launch]]:
+    """Today's Triton path (kernels/masked_modconv): fwd 1 big kernel, bwd 2 + torch math; `fg` and
+    `fg_corr`: the live (not all-background) share of the conv's and the correlation's tiles."""
     wbytes = s.c * s.c * 9 * 4
     fwd = [Launch("glue (fwd)", 2 * wbytes, count=MODCONV_GLUE_FWD), _conv_blend(s, "conv3x3_scale_blend", fg)]
     bwd = [Launch("glue (bwd)", 2 * wbytes, count=MODCONV_GLUE_BWD), _conv_blend(s, "dx conv3x3_scale_blend", fg)]
-    bwd += _tap_correlation(s, gpu.sms, fg) + _weight_style_grads(s)
+    bwd += _tap_correlation(s, gpu.sms, fg if fg_corr is None else fg_corr) + _weight_style_grads(s)
     return fwd, bwd
 
 
@@ -263,27 +276,24 @@ def modconv_ideal(s: Shape) -> tuple[list[Launch], list[Launch]]:
 
 
 def relation_triton(s: Shape) -> tuple[list[Launch], list[Launch]]:
-    """Today's Triton loss (kernels/relation_triton.py), fwd with the gradient kept, and bwd.
+    """Today's Triton loss (kernels/relation: launch_loss, jit_loss), fwd with the gradient kept, and bwd.
 
-    Feature passes: masked sums of student and teacher, logits of both, the f-path sum over dz
-    (fwd: 5 reads); bwd reads the student once and writes its gradient (2): 7 in all.
-    z: fp32 per pixel (4 B); the mask is converted to fp32 once.
+    fwd, 4 launches: masked sums of both maps (read F, T, m) | logits of both maps (read F, T;
+    write z of both) | loss terms (read z of both and F; write R_s and a) | finalize (partials).
+    bwd, 1 launch: read F, R_s, a, m; write dF. Student 3 + 1 reads, teacher 2, dF written: 7.
+    The mask is converted to fp32 once (free when it already is: counted as a copy here).
     """
     f, z, m32 = s.feat, s.b * s.p * 4, s.b * s.p * 4
-    tiny = s.b * s.c * 4 * 8
+    cp = 1 << max(0, s.c - 1).bit_length()
+    parts = s.b * -(-s.p // 64) * cp * 4  # per-program (B, P, C) fp32 partials, at most
     fwd = [
         Launch("mask to fp32", s.mask + m32),
-        Launch("zeros f", tiny),
-        Launch("channel_sum x2 (student, teacher)", f + m32, simt_flops=2 * s.b * s.c * s.p, count=2),
-        Launch("mean", tiny),
-        Launch("logits x2", f + z, simt_flops=3 * s.b * s.c * s.p, count=2),
-        Launch("loss_terms (keeps R_s, a)", 4 * z),
-        Launch("loss sum, q sum", tiny, count=2),
-        Launch("dz = (a - q) r (2 in-place ops)", 2.5 * z, count=2),
-        Launch("channel_sum (f path)", f + z, simt_flops=3 * s.b * s.c * s.p),
-        Launch("g sum", tiny),
+        Launch("pair sums (student, teacher)", 2 * f + m32 + 2 * parts, simt_flops=4 * s.b * s.c * s.p),
+        Launch("pair logits (both maps)", 2 * f + 2 * z, simt_flops=6 * s.b * s.c * s.p),
+        Launch("loss terms (+ u, v partials)", f + 2 * z + 2 * z + 2 * parts, simt_flops=4 * s.b * s.c * s.p),
+        Launch("finalize", 2 * parts),
     ]
-    bwd = [Launch("grad", 2 * f + 2 * z, simt_flops=5 * s.b * s.c * s.p)]
+    bwd = [Launch("grad (dz = R_s (a - q) formed)", 2 * f + 3 * z, simt_flops=5 * s.b * s.c * s.p)]
     return fwd, bwd
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,39 @@ def config_tag(config: Any) -> str:
     return f"{meta},w{config.num_warps},s{config.num_stages}{cap}"
 
 
+# Integer arguments that are not multiples of 16 at the GiftNet sites: the batch handled per
+# launch may be anything, P counts programs, size_bucket is a log4 autotune key.
+NOT_DIVISIBLE = ("B", "P", "size_bucket")
+
+
+def site_divisible(spec: AotSpec) -> tuple[str, ...]:
+    """Arguments of `spec` that are multiples of 16 at the GiftNet sites (pointers, channel and
+    pixel counts, strides): Triton specializes on that at launch (vector widths, registers)."""
+    return tuple(k for k, v in spec.signature.items() if v.startswith("*") or (v == "i32" and k not in NOT_DIVISIBLE))
+
+
+def site_variant(spec: AotSpec) -> AotSpec:
+    """`spec` as it compiles at the GiftNet sites (named with a [div16] suffix)."""
+    return dataclasses.replace(spec, name=spec.name + "[div16]", divisible=site_divisible(spec))
+
+
+def _compile_record(job: tuple[int, int, bool]) -> dict:
+    index, arch, site = job
+    spec = all_specs()[index]
+    spec = site_variant(spec) if site else spec
+    r = compile_spec(spec, arch)
+    return {
+        **dataclasses.asdict(r),
+        "spills": r.spills,
+        "ok": r.shared <= SM86_MAX_SHARED and not (spec.hot and r.spills),
+        "hot": spec.hot,
+        "site_specialized": site,
+        "num_warps": spec.num_warps,
+        "num_stages": spec.num_stages,
+        "constexprs": {k: v if isinstance(v, (bool, int, float)) else str(v) for k, v in spec.constexprs.items()},
+    }
+
+
 def all_specs() -> list[AotSpec]:
     """Every launch of every Triton kernel op: each op registers its specs (kernels._dispatch)."""
     from kernels._dispatch import aot_providers
@@ -121,52 +155,46 @@ def all_specs() -> list[AotSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Compile every spec for sm_86 and sm_90, print the table; `--json OUT` also writes the rows."""
+    """Compile every spec for sm_86 and sm_90, generic and as specialized at the GiftNet sites,
+    print the table; `--json OUT` also writes the rows."""
     import argparse
     import json
+    from concurrent.futures import ProcessPoolExecutor
 
     from rich.console import Console
     from rich.table import Table
 
     parser = argparse.ArgumentParser(prog="python -m kernels.aot", description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write one record per (kernel, arch) to this JSON file")
+    parser.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
+    parser.add_argument(
+        "--variants",
+        choices=("both", "site", "generic"),
+        default="both",
+        help="site: only as specialized at the GiftNet sites (16-divisible sizes and strides); generic: only unspecialized",
+    )
     args = parser.parse_args(argv)
     table = Table(title="Static resources of the Triton kernels (ahead-of-time compile)")
     for col in ("kernel", "arch", "registers", "stack", "local", "shared (B)", "ok"):
         table.add_column(col)
-    bad = 0
-    records = []
-    for spec in all_specs():
-        for arch in (86, 90):
-            r = compile_spec(spec, arch)
-            ok = r.shared <= SM86_MAX_SHARED and not (spec.hot and r.spills)
-            bad += not ok
-            table.add_row(
-                spec.name,
-                f"sm_{arch}",
-                str(r.registers),
-                str(r.stack),
-                str(r.local),
-                str(r.shared),
-                "yes" if ok else "NO",
+    sites = {"both": (False, True), "site": (True,), "generic": (False,)}[args.variants]
+    jobs = [(i, arch, site) for i in range(len(all_specs())) for site in sites for arch in (86, 90)]
+    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        records = []
+        for n, r in enumerate(pool.map(_compile_record, jobs), 1):
+            records.append(r)
+            print(
+                f"{n}/{len(jobs)} {r['name']} sm_{r['arch']}: {r['registers']} registers", file=sys.stderr, flush=True
             )
-            records.append(
-                {
-                    **dataclasses.asdict(r),
-                    "spills": r.spills,
-                    "ok": ok,
-                    "hot": spec.hot,
-                    "num_warps": spec.num_warps,
-                    "num_stages": spec.num_stages,
-                    "constexprs": {
-                        k: v if isinstance(v, (bool, int, float)) else str(v) for k, v in spec.constexprs.items()
-                    },
-                }
-            )
+    for r in records:
+        cells = (r["name"], f"sm_{r['arch']}", r["registers"], r["stack"], r["local"], r["shared"])
+        table.add_row(*map(str, cells), "yes" if r["ok"] else "NO")
     Console().print(table)
     if args.json:
-        args.json.write_text(json.dumps(records, indent=1) + "\n")
-    return 1 if bad else 0
+        from giftnet.fileio import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(records, indent=1) + "\n")
+    return 0 if all(r["ok"] for r in records) else 1
 
 
 if __name__ == "__main__":

@@ -70,8 +70,8 @@ def _spec_configs(prefix: str, keys: tuple[str, ...]) -> set[tuple]:
 def test_specs_list_every_autotune_config_in_every_dtype():
     """aot_specs() must cover each config the autotuners (and the interpreter fallback) can pick."""
     for prefix, tuned, keys in (
-        ("conv3x3_scale_blend", launch._fwd_tuned, ("BLOCK_P", "BLOCK_O", "BLOCK_I")),
-        ("tap_correlation", launch._corr_tuned, ("BLOCK_O", "BLOCK_I", "BLOCK_P")),
+        ("conv3x3_scale_blend", launch._fwd_tuned, ("BLOCK_H", "BLOCK_W", "BLOCK_O", "BLOCK_I")),
+        ("tap_correlation", launch._corr_tuned, ("BLOCK_O", "BLOCK_I", "BLOCK_H", "BLOCK_W")),
     ):
         have = _spec_configs(prefix, keys)
         for cfg in tuned.configs:

@@ -60,7 +60,7 @@ def _compile_all(tmp_path: Path, parts: int = 2) -> list[dict]:
     ]
     rows = []
     for proc in procs:
-        out, err = proc.communicate(timeout=600)
+        out, err = proc.communicate(timeout=1500)  # 435 fresh compiles: over 10 min on 2 loaded cores
         assert proc.returncode == 0, f"AOT subprocess failed:\n{err[-4000:]}"
         rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return rows
@@ -68,11 +68,14 @@ def _compile_all(tmp_path: Path, parts: int = 2) -> list[dict]:
 
 @pytest.mark.slow
 def test_relation_kernels_compile_for_sm86_and_sm90(tmp_path):
-    from kernels.relation.aot import AOT_LAYOUTS, CONFIGS, DTYPES, aot_specs
+    from kernels.relation.aot import AOT_LAYOUTS, CONFIGS, DTYPES, LOSS_CHANNELS, LOSS_DTYPES, aot_specs
 
     specs = aot_specs()
-    # every feature kernel x config x dtype x layout; two variants of the loss kernel; the mean
-    assert len(specs) == 3 * len(CONFIGS) * len(DTYPES) * len(AOT_LAYOUTS) + 3
+    # every feature kernel (map sums, map logits, backward of the loss and of the map) x config x
+    # dtype x layout; the loss's 4 feature kernels x channel count x dtype x layout and its
+    # finalize (with and without gradient) per channel count; the map's mean
+    n_loss = len(LOSS_CHANNELS) * (4 * len(LOSS_DTYPES) * len(AOT_LAYOUTS) + 2)
+    assert len(specs) == 4 * len(CONFIGS) * len(DTYPES) * len(AOT_LAYOUTS) + n_loss + 1
     assert len({s.name for s in specs}) == len(specs)
 
     rows = _compile_all(tmp_path)

@@ -82,3 +82,19 @@ def test_launch_helper_fixed_config_choice_pruning_and_aot_registry(monkeypatch)
     prune = _dispatch.channel_pruner(("BLOCK_O",))
     assert prune([wide, narrow], {"C": 17}) == [narrow] and prune([wide, narrow], {"C": 3}) == [wide]
     assert set(_dispatch.aot_providers()) == {"masked_modconv2d", "relation"}
+
+
+def test_modconv_autotune_keys_bucket_the_image_size_and_configs_fit_the_channels():
+    """The keys hold C, the layout and log4 of H*W (a new image size seldom re-tunes, the four
+    GiftNet map sizes tune apart); pruning leaves no tile wider than C needs."""
+    pytest.importorskip("triton")
+    from kernels._dispatch import channel_pruner
+    from kernels.masked_modconv import launch
+
+    for key in (launch.FWD_KEY, launch.CORR_KEY):
+        assert "size_bucket" in key and not {"H", "W"} & set(key)
+    assert [launch.size_bucket(s, s) for s in (256, 128, 64, 32)] == [8, 7, 6, 5]
+    assert launch.size_bucket(1000, 700) == launch.size_bucket(1024, 680) == 9
+    kept = channel_pruner(launch.FWD_TILES)(launch.FWD_CONFIGS, {"C": 32})
+    assert [c.kwargs["BLOCK_O"] for c in kept] == [32]
+    assert len(channel_pruner(launch.CORR_TILES)(launch.CORR_CONFIGS, {"C": 256})) == 3

@@ -121,6 +121,49 @@ def test_random_small_shapes(b, c, h, w, mask_kind, layout, chunk):
         check_loss(feat, mask, 1e-5, 1e-4)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="counts the interpreter's launches")
+def test_loss_takes_four_launches_and_its_backward_one(monkeypatch):
+    """The loss is 4 Triton launches and no torch compute op (allocations and views only), its
+    backward 1: masked sums, logits, loss terms, finalize; gradient."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime.interpreter import InterpretedFunction
+
+    launched = []
+    run = InterpretedFunction.run
+
+    def counting_run(self, *args, **kwargs):
+        launched.append(self.fn.__name__)
+        return run(self, *args, **kwargs)
+
+    class TorchOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    free = {"empty", "empty_strided", "view", "_unsafe_view", "reshape", "select", "detach", "alias", "promote_types"}
+    free.add("relation_distill_loss")  # the custom op itself
+    monkeypatch.setattr(InterpretedFunction, "run", counting_run)
+    student = make_feat(2, 17, 7, 9, "nchw", torch.float32)
+    teacher = make_feat(2, 17, 7, 9, "cl", torch.float32).detach()
+    mask = make_mask("soft", 2, 7, 9)
+    with TorchOps() as fwd_ops:
+        loss = relation_distill_loss_triton(student, teacher, mask, gamma=GAMMA)
+    assert launched == ["_pair_sums_kernel", "_pair_logits_kernel", "_pair_terms_kernel", "_finalize_kernel"]
+    assert not set(fwd_ops.ops) - free, f"torch compute ops in the forward: {set(fwd_ops.ops) - free}"
+    launched.clear()
+    (grad,) = torch.autograd.grad(loss, student)
+    assert launched == ["_grad_kernel"]
+    ref = relation_distill_loss_reference(student, teacher, mask, gamma=GAMMA)
+    close(loss, ref, 1e-5, 1e-4)
+    (grad_ref,) = torch.autograd.grad(ref, student)
+    close(grad, grad_ref, 1e-5, 1e-4)
+
+
+@pytest.mark.slow
 def test_wide_map_many_programs():
     """C = 256 at 64x64 (eight channel blocks) with eight programs per sample to combine."""
     mask = make_mask("binary", 1, 64, 64).to(DEVICE)

@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from kernels.aot import AotSpec, Resources, compile_spec, config_tag
+from kernels.aot import AotSpec, Resources, compile_spec, config_tag, site_variant
 from kernels.masked_modconv import jit, launch
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -23,7 +23,7 @@ def _fwd_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
     t = DTYPES[dtype]
     ptr = f"*{t}"
     sig = {"inp_ptr": ptr, "w_ptr": ptr, "scale_in_ptr": "*fp32", "scale_out_ptr": "*fp32"}
-    sig |= {"mask_ptr": ptr, "res_ptr": ptr, "out_ptr": ptr, "C": "i32", "H": "i32", "W": "i32"}
+    sig |= {"mask_ptr": ptr, "res_ptr": ptr, "out_ptr": ptr, "C": "i32", "H": "i32", "W": "i32", "size_bucket": "i32"}
     unit = "w" if layout == "nchw" else "c"
     strides = {}
     for tensor in ("i", "r", "o"):
@@ -50,7 +50,7 @@ def _corr_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
     t = DTYPES[dtype]
     ptr = f"*{t}"
     sig = {"dy_ptr": ptr, "x_ptr": ptr, "mask_ptr": ptr, "part_ptr": "*fp32"}
-    sig |= {"B": "i32", "C": "i32", "H": "i32", "W": "i32", "chunk_pixels": "i32"}
+    sig |= {"B": "i32", "C": "i32", "H": "i32", "W": "i32", "size_bucket": "i32", "chunk_rows": "i32"}
     unit = "w" if layout == "nchw" else "c"
     strides = {}
     for tensor in ("d", "x"):
@@ -83,12 +83,13 @@ def aot_specs(layouts: tuple[str, ...] = ("nchw", "channels_last")) -> list[AotS
 
 
 def compile_specialized(spec: AotSpec, arch: int) -> Resources:
-    """Like `kernels.aot.compile_spec`, with every runtime argument marked divisible by 16.
+    """Like `kernels.aot.compile_spec`, with the runtime arguments marked divisible by 16
+    (`kernels.aot.site_variant`: all but the autotune key size_bucket).
 
     At the GiftNet sites (C in {32, ..., 256}, H = W in {32, ..., 256}) Triton's launcher
     specializes every pointer and integer argument as 16-divisible, which turns on vectorized,
     asynchronously pipelined loads: more shared memory and different register use than the
     generic compile, so the resources of that variant are checked too.
     """
-    r = compile_spec(dataclasses.replace(spec, divisible=tuple(spec.signature)), arch)
+    r = compile_spec(site_variant(spec), arch)
     return dataclasses.replace(r, name=spec.name + "[div16]")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from kernels._dispatch import autotuned, interpreter_enabled, launch
+from kernels._dispatch import autotuned, forced_param, interpreter_enabled, launch
 from kernels.masked_modconv.jit import conv3x3_scale_blend_kernel, tap_correlation_kernel
 
 # GiftNet's sites have C in {32, 64, 128, 256} at 256^2 ... 32^2 pixels: many pixels, few
@@ -20,34 +20,46 @@ from kernels.masked_modconv.jit import conv3x3_scale_blend_kernel, tap_correlati
 # (tests/test_aot_masked_modconv.py), also when specialized on 16-divisible shapes as at the
 # GiftNet sites; 128x128 tiles spill. No 8-warp config is register-capped (maxnreg, which
 # kernels._dispatch.launch and kernels.aot pass through): at 128 registers per thread, the cap
-# that lets two 8-warp blocks share an SM, the conv tile spills 192-464 B of stack in the
-# generic compile (every dtype and layout, sm_86 and sm_90), and the correlation's 64- and
-# 128-wide fp32 and 32-wide bf16 NCHW tiles spill too.
+# that lets two 8-warp blocks share an SM, the 8-warp conv tile spills 16-128 B of stack in the
+# generic compile (the site-specialized one fits), and the correlation's 32x32 (8x16 pixels)
+# and 128x64 tiles spill 24-264 B even as specialized at the sites.
+# Pixel tiles are 2-D (BLOCK_H x BLOCK_W) so that a tile is compact and, on object masks, more
+# often entirely background (skipped): 8x8 tiles skip 75-87% of E1's tiles on real masks, rows of
+# 128 pixels 65-73% (bench/results/sites.md).
 FWD_CONFIGS = (
-    triton.Config({"BLOCK_P": 64, "BLOCK_O": 32, "BLOCK_I": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_P": 64, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_P": 128, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_O": 32, "BLOCK_I": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=8, num_stages=3),
 )
 # Under TRITON_INTERPRET=1 (no autotune) one fixed config; large tiles run fastest there. Tests
 # force small tiles through kernels._dispatch.forced_launch to cover several channel tiles.
-FWD_INTERPRETER_CONFIG = triton.Config({"BLOCK_P": 128, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=4, num_stages=1)
-FWD_KEY = ["C", "stride_iw"]  # stride_iw: 1 for NCHW, C for channels_last
+FWD_INTERPRETER_CONFIG = triton.Config(
+    {"BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=4, num_stages=1
+)
+# stride_iw: 1 for NCHW, C for channels_last; size_bucket: log4 of the pixel count, so the 4
+# map sizes of GiftNet tune apart but a new image size (harmonize --full-res) seldom re-tunes.
+FWD_KEY = ["C", "stride_iw", "size_bucket"]
 FWD_TILES = ("BLOCK_O",)
 
-# BLOCK_P is the reduction step of the correlation. 32x32x64, 64x32x32 and 64x64x32 tiles with
-# 4 warps spill in fp32.
+# BLOCK_H x BLOCK_W is the reduction step of the correlation. 32x32x64, 64x32x32 and 64x64x32
+# tiles with 4 warps spill in fp32.
 CORR_CONFIGS = (
-    triton.Config({"BLOCK_O": 32, "BLOCK_I": 32, "BLOCK_P": 128}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_P": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_O": 128, "BLOCK_I": 64, "BLOCK_P": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_O": 32, "BLOCK_I": 32, "BLOCK_H": 8, "BLOCK_W": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_H": 4, "BLOCK_W": 8}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_O": 128, "BLOCK_I": 64, "BLOCK_H": 4, "BLOCK_W": 8}, num_warps=8, num_stages=3),
 )
-CORR_INTERPRETER_CONFIG = triton.Config({"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_P": 128}, num_warps=4, num_stages=1)
-CORR_KEY = ["C", "stride_xw"]
+CORR_INTERPRETER_CONFIG = triton.Config(
+    {"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_H": 8, "BLOCK_W": 16}, num_warps=4, num_stages=1
+)
+CORR_KEY = ["C", "stride_xw", "size_bucket"]
 CORR_TILES = ("BLOCK_O", "BLOCK_I")
-# A chunk spans a multiple of this many pixels (>= every BLOCK_P) and at least MIN_CHUNK_PIXELS.
-CHUNK_ALIGN = 256
+# A chunk is a band of rows, a multiple of CHUNK_ROWS (which every BLOCK_H divides), of at
+# least MIN_CHUNK_PIXELS pixels.
+CHUNK_ROWS = 16
 MIN_CHUNK_PIXELS = 1024
 MAX_PARTIAL_BYTES = 256 << 20
+
+assert all(CHUNK_ROWS % c.kwargs["BLOCK_H"] == 0 for c in (*CORR_CONFIGS, CORR_INTERPRETER_CONFIG))
 
 _fwd_tuned = autotuned(conv3x3_scale_blend_kernel, FWD_CONFIGS, FWD_KEY, FWD_TILES)
 _corr_tuned = autotuned(tap_correlation_kernel, CORR_CONFIGS, CORR_KEY, CORR_TILES)
@@ -66,8 +78,12 @@ def pack_weight_transposed(weight: torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 
 def dense(t: torch.Tensor) -> torch.Tensor:
-    """t itself when NCHW- or channels_last-contiguous, else a contiguous copy (e.g. expanded grads)."""
+    """An input as the kernels read it: t itself when its width or channel stride is 1 (NCHW or
+    channels_last, views such as crops included: the kernels take any strides), else a
+    contiguous copy (e.g. gradients expanded from a scalar, with all strides 0)."""
     if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    if t.dim() == 4 and min(t.stride()) >= 0 and 1 in (t.stride(1), t.stride(3)):
         return t
     return t.contiguous()
 
@@ -112,6 +128,7 @@ def conv3x3_scale_blend(
         c,
         h,
         w,
+        size_bucket(h, w),
         *inp.stride(),
         mask.stride(0),
         mask.stride(2),
@@ -121,7 +138,8 @@ def conv3x3_scale_blend(
     )
 
     def grid(meta):
-        return (triton.cdiv(h * w, meta["BLOCK_P"]) * triton.cdiv(c, meta["BLOCK_O"]), b)
+        tiles = triton.cdiv(h, meta["BLOCK_H"]) * triton.cdiv(w, meta["BLOCK_W"])
+        return (tiles * triton.cdiv(c, meta["BLOCK_O"]), b)
 
     launch(
         conv3x3_scale_blend_kernel, _fwd_tuned, grid, *args,
@@ -130,8 +148,13 @@ def conv3x3_scale_blend(
     return out
 
 
+def size_bucket(h: int, w: int) -> int:
+    """log4 of the pixel count, rounded down: the image-size part of the autotune keys."""
+    return max(0, (h * w).bit_length() - 1) // 2
+
+
 def choose_chunks(batch: int, channels: int, pixels: int, num_sms: int) -> int:
-    """Pixel chunks per sample: enough programs to fill the GPU, bounded partial-buffer memory."""
+    """Row-band chunks per sample: enough programs to fill the GPU, bounded partial-buffer memory."""
     programs_per_chunk = batch * 9 * triton.cdiv(channels, 64) ** 2
     want = triton.cdiv(4 * num_sms, programs_per_chunk)
     by_pixels = max(1, pixels // MIN_CHUNK_PIXELS)
@@ -148,7 +171,8 @@ def tap_correlation(
 ) -> torch.Tensor:
     """G[b, k, o, i] = sum_p (dy m)[b, o, p] (x m)[b, i, p + off(k)] in fp32, shape (B, 9, C, C).
 
-    chunks: pixel chunks per sample (default: `choose_chunks`).
+    chunks: row-band chunks per sample wanted (default: `choose_chunks`); bands are whole
+    multiples of CHUNK_ROWS rows, so fewer may run.
     """
     b, c, h, w = x.shape
     if dy.dtype != x.dtype:
@@ -158,8 +182,11 @@ def tap_correlation(
     if chunks is None:
         sms = 4 if interpreter_enabled() else torch.cuda.get_device_properties(x.device).multi_processor_count
         chunks = choose_chunks(b, c, h * w, sms)
-    chunk_pixels = triton.cdiv(triton.cdiv(h * w, chunks), CHUNK_ALIGN) * CHUNK_ALIGN
-    chunks = triton.cdiv(h * w, chunk_pixels)
+    forced = forced_param("config")
+    if forced is not None and CHUNK_ROWS % forced.kwargs["BLOCK_H"]:
+        raise ValueError(f"tap_correlation: a forced BLOCK_H must divide CHUNK_ROWS = {CHUNK_ROWS}")
+    chunk_rows = triton.cdiv(triton.cdiv(h, chunks), CHUNK_ROWS) * CHUNK_ROWS
+    chunks = triton.cdiv(h, chunk_rows)
     if chunks > 65535 or b > 65535:
         raise ValueError(f"tap_correlation: grid too large ({chunks} chunks, batch {b})")
     part = torch.empty((chunks, b, 9, c, c), device=x.device, dtype=torch.float32)
@@ -172,7 +199,8 @@ def tap_correlation(
         c,
         h,
         w,
-        chunk_pixels,
+        size_bucket(h, w),
+        chunk_rows,
         *dy.stride(),
         *x.stride(),
         mask.stride(0),

@@ -5,7 +5,8 @@
     L    = mean_b sum_i (R_student[b, i] - R_teacher[b, i])^2
 
 Files as in every kernel op package (see kernels.masked_modconv): __init__ (public ops),
-reference, jit, launch, autograd, aot.
+reference, jit, launch, autograd, aot; and the loss's own kernels and launcher, jit_loss and
+launch_loss.
 """
 
 from __future__ import annotations

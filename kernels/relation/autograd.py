@@ -1,6 +1,7 @@
 """Autograd of the relation map and the relation-distillation loss, and their Triton entry points.
 
-The passes and their launchers are in kernels.relation.launch (see its docstring)."""
+The map's passes and launchers are in kernels.relation.launch, the loss's five launches in
+kernels.relation.launch_loss and kernels.relation.jit_loss (see their docstrings)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,14 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from kernels._dispatch import interpreter_enabled
-from kernels.relation.jit import _loss_terms_kernel
 from kernels.relation.launch import (
-    LOSS_TERMS_CONFIG,
     _Features,
     _features,
     _flat_mask,
     _foreground_means,
     _softmax,
 )
+from kernels.relation.launch_loss import loss_forward
 from kernels.relation.reference import check_relation_args
 
 
@@ -52,58 +52,37 @@ def _map_grad(grad_map, feats: _Features, m, inv_area, f, rmap, gamma: float) ->
     return feats.grad(dz, m, inv_area, f, g, one, 2.0 * gamma)
 
 
-def _loss_terms(zs, ps, zt, pt, feats: _Features, keep_terms: bool):
-    """Launch the loss reduction on the logits; returns (loss, R_s, a, q) (R_s, a, q if kept)."""
-    b, n, p = feats.b, feats.n, feats.p
-    loss_part = torch.empty((b, p), device=zs.device, dtype=torch.float32)
-    q_part = torch.empty_like(loss_part)
-    shape = (b, n) if keep_terms else (1,)
-    r = torch.empty(shape, device=zs.device, dtype=torch.float32)
-    a = torch.empty_like(r)
-    cfg = LOSS_TERMS_CONFIG
-    _loss_terms_kernel[(b, p)](
-        zs, zt, *ps, *pt, loss_part, q_part, r, a, n, p, feats.chunk, 1.0 / b,
-        STORE_TERMS=keep_terms, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )  # fmt: skip
-    return loss_part.sum(), r, a, q_part.sum(dim=1)
-
-
 # The loss (what training calls) is a pair of torch custom ops, forward and backward, so
 # torch.compile of the whole model sees one opaque node with a fake implementation: no graph
 # break, and the launch code is never traced.
 @torch.library.custom_op("giftnet::relation_distill_loss", mutates_args=())
 def _loss_op(
     student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, gamma: float, need_grad: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, dz, inv_area, f, g): the loss and, with need_grad, what the backward needs (else empty)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, terms, q, inv_area, f, g): the loss and, with need_grad, what the backward needs
+    (kernels.relation.launch_loss.loss_forward; else empty). Four launches."""
     op = "relation_distill_loss_triton"
     with _on_device(student):
         dtype = torch.promote_types(student.dtype, teacher.dtype)
-        fs_, ft_ = _features(op, student, dtype), _features(op, teacher.detach(), dtype)
-        m = _flat_mask(mask)
-        (fs, ft), inv_area = _foreground_means([fs_, ft_], m)
-        zs, *ps = fs_.logits(fs, gamma)
-        zt, *pt = ft_.logits(ft, gamma)
-        del ft_
-        loss, r, a, q = _loss_terms(zs, ps, zt, pt, fs_, need_grad)
+        fs, ft = _features(op, student, dtype), _features(op, teacher.detach(), dtype)
+        loss, terms, q, inv_area, f, g = loss_forward(fs, ft, _flat_mask(mask), gamma, need_grad)
         if not need_grad:
             empty = torch.empty(0, device=student.device)
-            return loss, empty, empty.clone(), empty.clone(), empty.clone()
-        dz = a.sub_(q[:, None]).mul_(r)  # dL_b / dz_i, before the 1 / B of the batch mean
-        g = fs_.channel_sums(dz, fs).sum(dim=1)
-        return loss, dz, inv_area, fs, g
+            return loss, empty, empty.clone(), empty.clone(), empty.clone(), empty.clone()
+        return loss, terms, q, inv_area, f, g
 
 
 @_loss_op.register_fake
 def _(student, teacher, mask, gamma, need_grad):
     b, c, h, w = student.shape
     new = student.new_empty
-    if not need_grad:
-        return new((), dtype=torch.float32), *(new(0, dtype=torch.float32) for _ in range(4))
     f32 = torch.float32
+    if not need_grad:
+        return new((), dtype=f32), *(new(0, dtype=f32) for _ in range(5))
     return (
         new((), dtype=f32),
-        new((b, h * w), dtype=f32),
+        new((2, b, h * w), dtype=f32),
+        new((b,), dtype=f32),
         new((b,), dtype=f32),
         new((b, c), dtype=f32),
         new((b, c), dtype=f32),
@@ -115,39 +94,40 @@ def _loss_backward_op(
     grad_loss: torch.Tensor,
     student: torch.Tensor,
     mask: torch.Tensor,
-    dz: torch.Tensor,
+    terms: torch.Tensor,
+    q: torch.Tensor,
     inv_area: torch.Tensor,
     f: torch.Tensor,
     g: torch.Tensor,
     gamma: float,
     compute_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """The student's gradient, in its dtype and layout family."""
+    """The student's gradient, in its dtype and layout family: one launch."""
     with _on_device(student):
         feats = _features("relation_distill_loss_triton", student.detach(), compute_dtype)
         upstream = grad_loss.float().reshape(1)
-        grad = feats.grad(dz, _flat_mask(mask), inv_area, f, g, upstream, 2.0 * gamma / feats.b)
-        return grad.to(student.dtype)
+        coef = 2.0 * gamma / feats.b
+        return feats.grad(terms[0], _flat_mask(mask), inv_area, f, g, upstream, coef, terms[1], q).to(student.dtype)
 
 
 @_loss_backward_op.register_fake
-def _(grad_loss, student, mask, dz, inv_area, f, g, gamma, compute_dtype):
+def _(grad_loss, student, mask, terms, q, inv_area, f, g, gamma, compute_dtype):
     cl = student.is_contiguous(memory_format=torch.channels_last) and not student.is_contiguous()
     return torch.empty_like(student, memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 def _loss_setup_context(ctx, inputs, output) -> None:
     student, teacher, mask, gamma, _ = inputs
-    _, dz, inv_area, f, g = output
-    ctx.save_for_backward(student, mask, dz, inv_area, f, g)
+    _, terms, q, inv_area, f, g = output
+    ctx.save_for_backward(student, mask, terms, q, inv_area, f, g)
     ctx.gamma, ctx.compute_dtype = gamma, torch.promote_types(student.dtype, teacher.dtype)
 
 
 def _loss_backward(ctx, grad_loss, *_unused):
-    student, mask, dz, inv_area, f, g = ctx.saved_tensors
-    if dz.numel() == 0:
+    student, mask, terms, q, inv_area, f, g = ctx.saved_tensors
+    if terms.numel() == 0:
         raise RuntimeError("relation_distill_loss: backward through a loss computed without need_grad")
-    grad = _loss_backward_op(grad_loss, student, mask, dz, inv_area, f, g, ctx.gamma, ctx.compute_dtype)
+    grad = _loss_backward_op(grad_loss, student, mask, terms, q, inv_area, f, g, ctx.gamma, ctx.compute_dtype)
     return grad, None, None, None, None
 
 

@@ -204,65 +204,16 @@ def _softmax_norm(
 
 
 @triton.jit
-def _loss_terms_kernel(
-    zs_ptr,  # (B, N) fp32 student logits
-    zt_ptr,  # (B, N) fp32 teacher logits
-    ms_ptr,  # (B, P) fp32 per-program maxima of the student logits
-    ss_ptr,  # (B, P) fp32 per-program sums of exp of the student logits
-    mt_ptr,  # (B, P) fp32 per-program maxima of the teacher logits
-    st_ptr,  # (B, P) fp32 per-program sums of exp of the teacher logits
-    loss_ptr,  # (B, P) fp32 out: sum over the chunk of (R_s - R_t)^2 / B
-    q_ptr,  # (B, P) fp32 out: sum over the chunk of R_s * a, a = 2 (R_s - R_t)
-    r_ptr,  # (B, N) fp32 out (STORE_TERMS): R_s
-    a_ptr,  # (B, N) fp32 out (STORE_TERMS): a = 2 (R_s - R_t), dL/dR_s
-    N,  # pixels per sample
-    P,  # programs per sample
-    chunk,  # pixels per program
-    inv_b,  # fp32: 1 / B, the batch mean
-    STORE_TERMS: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-):
-    """Normalise both maps from their logits and reduce the loss without storing the maps;
-    with STORE_TERMS, keep R_s and a for the gradient dz = R_s (a - sum_j R_s[j] a[j])."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_p = tl.program_id(1)
-    ms, inv_ss = _softmax_norm(ms_ptr + pid_b * P, ss_ptr + pid_b * P, P, BLOCK_P)
-    mt, inv_st = _softmax_norm(mt_ptr + pid_b * P, st_ptr + pid_b * P, P, BLOCK_P)
-    p_start = pid_p * chunk
-    p_end = tl.minimum(p_start + chunk, N)
-    offs0 = tl.arange(0, BLOCK_N)
-    loss_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    q_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    n0 = p_start
-    while n0 < p_end:
-        offs = n0 + offs0
-        ok = offs < p_end
-        zs = tl.load(zs_ptr + pid_b * N + offs, mask=ok, other=NEG)
-        zt = tl.load(zt_ptr + pid_b * N + offs, mask=ok, other=NEG)
-        rs = tl.where(ok, tl.exp(zs - ms) * inv_ss, 0.0)
-        rt = tl.where(ok, tl.exp(zt - mt) * inv_st, 0.0)
-        a = 2.0 * (rs - rt)
-        loss_acc += (rs - rt) * (rs - rt)
-        q_acc += rs * a
-        if STORE_TERMS:
-            tl.store(r_ptr + pid_b * N + offs, rs, mask=ok)
-            tl.store(a_ptr + pid_b * N + offs, a, mask=ok)
-        n0 += BLOCK_N
-    part = pid_b * P + pid_p
-    tl.store(loss_ptr + part, tl.sum(loss_acc, axis=0) * inv_b)
-    tl.store(q_ptr + part, tl.sum(q_acc, axis=0))
-
-
-@triton.jit
 def _grad_kernel(
     x_ptr,  # (B, C, N) features, fp32/fp16/bf16, strides below
-    dz_ptr,  # (B, N) fp32 gradient of the loss w.r.t. the logits z (per unit upstream gradient)
+    dz_ptr,  # (B, N) fp32 gradient of the loss w.r.t. the logits z (per unit upstream gradient); R_s with FROM_TERMS
     m_ptr,  # (B, N) fp32 mask
     inv_area_ptr,  # (B,) fp32 1 / clamped foreground area
     f_ptr,  # (B, C) fp32 masked mean foreground feature
     g_ptr,  # (B, C) fp32 sum_i dz_i (x_i - f)
     up_ptr,  # (1,) fp32 upstream gradient (a scalar)
+    a_ptr,  # (B, N) fp32 (FROM_TERMS): a = 2 (R_s - R_t)
+    q_ptr,  # (B,) fp32 (FROM_TERMS): q = sum_i R_s a
     grad_ptr,  # (B, C, N) out, dtype of x, strides below
     stride_xb,  # elements between samples of x
     stride_xc,  # elements between channels of x
@@ -274,6 +225,7 @@ def _grad_kernel(
     N,  # pixels per sample
     chunk,  # pixels per program
     two_gamma,  # fp32: 2 * gamma, divided by B for the batch-mean loss
+    FROM_TERMS: tl.constexpr,  # dz = R_s (a - q), formed here (the loss), else read (the map)
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -294,6 +246,9 @@ def _grad_kernel(
         offs_n = n0 + offs_n0
         n_ok = offs_n < p_end
         dz = tl.load(dz_ptr + pid_b * N + offs_n, mask=n_ok, other=0.0)
+        if FROM_TERMS:
+            a = tl.load(a_ptr + pid_b * N + offs_n, mask=n_ok, other=0.0)
+            dz = dz * (a - tl.load(q_ptr + pid_b))
         mw = tl.load(m_ptr + pid_b * N + offs_n, mask=n_ok, other=0.0) * inv_area
         x_n = x_ptr + pid_b * stride_xb + n0.to(tl.int64) * stride_xp
         g_n = grad_ptr + pid_b * stride_gb + n0.to(tl.int64) * stride_gp

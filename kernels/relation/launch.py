@@ -1,21 +1,16 @@
-"""Fused relation map and relation-distillation loss in Triton, forward and backward.
+"""Relation map in Triton (forward and backward), and the feature views and backward launch the loss shares.
 
-Kernels (kernels.relation.jit) over a (B, P) grid, P programs per sample, each
-on one chunk of pixels; per sample:
+Kernels (kernels.relation.jit) over a (B, P) grid, P programs per sample, each on one chunk of
+pixels; per sample:
   1. masked sums     sum_i m_i F_i, sum_i m_i   -> f = sum / max(area, AREA_EPS)  (+ a tiny combine)
-  2. logits          z_i = -gamma ||f - F_i||^2 -> per-program softmax (max, sum of exp); z kept
-  3. loss:           R_s, R_t from z and the combined statistics, sum_i (R_s - R_t)^2 reduced in
-                     the kernel, the maps never stored. With a gradient to come it keeps R_s and
-                     a = 2 (R_s - R_t), so dz = R_s (a - sum_j R_s[j] a[j]) is exact.
-  4. gradient only:  g = sum_i dz_i (F_i - f), the path through f (needs every dz first).
-  5. backward:       dF_j = 2 gamma s ((m_j / A) g - dz_j (F_j - f)) / B, s the upstream gradient.
-With a gradient the loss reads the student three times and the teacher twice in the forward,
-and the student once more (writing its gradient) in the light backward. f needs every pixel
-before any logit and the normaliser every logit before any exact dz, so passes 1, 2 and 5 are
-the minimum without a grid-wide barrier; pass 4 could fold into pass 2 as online-rescaled sums
-(sum R_s^2 (F - f), sum R_s R_t (F - f), ...) but those cancel as the student nears the
-teacher, so it stays exact. The logits cost 4 bytes per pixel and map, the features 2C or 4C.
-Per-program partials are combined in a fixed order: deterministic, no atomics.
+  2. logits          z_i = -gamma ||f - F_i||^2 -> per-program softmax (max, sum of exp); z kept,
+                     normalised into the map by torch
+  3. backward:       dz from the map, g = sum_i dz_i (F_i - f) (the path through f), then
+                     dF_j = 2 gamma ((m_j / A) g - dz_j (F_j - f)) (_grad_kernel)
+The loss has its own five launches (kernels.relation.launch_loss, kernels.relation.jit_loss)
+and shares _grad_kernel, which there forms dz = R_s (a - q) itself (FROM_TERMS). The logits
+cost 4 bytes per pixel and map, the features 2C or 4C. Per-program partials are combined in a
+fixed order: deterministic, no atomics.
 """
 
 from __future__ import annotations
@@ -51,8 +46,7 @@ _TUNE_KEY = ["C", "stride_xp"]
 _TILES = ("BLOCK_C",)
 _TUNED = {k: autotuned(k, CONFIGS, _TUNE_KEY, _TILES) for k in (_channel_sum_kernel, _logits_kernel)}
 _TUNED[_grad_kernel] = autotuned(_grad_kernel, CONFIGS, [*_TUNE_KEY, "stride_gp"], _TILES)
-# The light kernels (per-pixel logits, per-program partials): one fixed config each.
-LOSS_TERMS_CONFIG = triton.Config({"BLOCK_N": 256, "BLOCK_P": 64}, num_warps=4, num_stages=1)
+# The light kernel (combining per-program partials): one fixed config.
 MEAN_CONFIG = triton.Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=4, num_stages=1)
 
 CHUNK_ALIGN = 64  # pixels per program are a multiple of this
@@ -80,11 +74,11 @@ def split_pixels(n: int, batch: int, device: torch.device) -> tuple[int, int]:
     return chunk, triton.cdiv(n, chunk)
 
 
-def _launch(kernel, grid: tuple[int, ...], channels: int, *args) -> None:
+def _launch(kernel, grid: tuple[int, ...], channels: int, *args, **kwargs) -> None:
     """Launch a feature-reading kernel over `channels` channels (kernels._dispatch.launch)."""
     launch(
         kernel, _TUNED[kernel], lambda meta: grid, *args,
-        interpreter_config=INTERPRETER_CONFIG, channels=channels, tile_keys=_TILES,
+        interpreter_config=INTERPRETER_CONFIG, channels=channels, tile_keys=_TILES, **kwargs,
     )  # fmt: skip
 
 
@@ -131,13 +125,17 @@ class _Features:
         _launch(_logits_kernel, (self.b, self.p), self.c, *args)
         return z, mx, se
 
-    def grad(self, dz, m, inv_area, f, g, upstream: torch.Tensor, two_gamma: float) -> torch.Tensor:
-        """The gradient w.r.t. x (see _grad_kernel), in x's dtype and layout."""
+    def grad(self, dz, m, inv_area, f, g, upstream: torch.Tensor, two_gamma: float, a=None, q=None) -> torch.Tensor:
+        """The gradient w.r.t. x (see _grad_kernel), in x's dtype and layout; with `a` and `q`
+        (the loss), `dz` holds R_s and the kernel forms dz = R_s (a - q) itself."""
         cl = self.sp != 1  # then the channel stride is 1: write the gradient channels_last too
         out = torch.empty_like(self.x, memory_format=torch.channels_last if cl else torch.contiguous_format)
         out, gb, gc, gp = pixel_strides(out)
-        args = (self.x, dz, m, inv_area, f, g, upstream, out, self.sb, self.sc, self.sp, gb, gc, gp)
-        _launch(_grad_kernel, (self.b, self.p), self.c, *args, self.c, self.n, self.chunk, two_gamma)
+        terms = a is not None
+        a, q = (a, q) if terms else (dz, inv_area)  # not read without FROM_TERMS
+        args = (self.x, dz, m, inv_area, f, g, upstream, a, q, out, self.sb, self.sc, self.sp, gb, gc, gp)
+        sizes = (self.c, self.n, self.chunk, two_gamma)
+        _launch(_grad_kernel, (self.b, self.p), self.c, *args, *sizes, FROM_TERMS=terms)
         return out
 
 
