@@ -147,8 +147,8 @@ def test_loss_takes_four_launches_and_its_backward_one(monkeypatch):
     free = {"empty", "empty_strided", "view", "_unsafe_view", "reshape", "select", "detach", "alias", "promote_types"}
     free.add("relation_distill_loss")  # the custom op itself
     monkeypatch.setattr(InterpretedFunction, "run", counting_run)
-    student = make_feat(2, 17, 7, 9, "nchw", torch.float32)
-    teacher = make_feat(2, 17, 7, 9, "cl", torch.float32).detach()
+    student = make_features(2, 17, 7, 9, "nchw", torch.float32, device=DEVICE)
+    teacher = make_features(2, 17, 7, 9, "cl", torch.float32, device=DEVICE).detach()
     mask = make_mask("soft", 2, 7, 9)
     with TorchOps() as fwd_ops:
         loss = relation_distill_loss_triton(student, teacher, mask, gamma=GAMMA)
