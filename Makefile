@@ -21,9 +21,9 @@ typecheck:        ## mypy with the configuration in pyproject.toml
 	$(PY) -m mypy
 
 bench-tiny:       ## every benchmark in its small CPU form (prints; writes nothing)
-	$(PY) -m bench.kernels --tiny
-	$(PY) -m bench.train --tiny
-	$(PY) -m bench.data --tiny
+	$(PY) -m giftnet.bench.kernels --tiny
+	$(PY) -m giftnet.bench.train --tiny
+	$(PY) -m giftnet.bench.data --tiny
 
 gpu-check:        ## on a GPU machine: correctness checks then every benchmark, into OUT (default gpu-out)
 	bash bench/gpu_check.sh $(or $(OUT),gpu-out)

@@ -4,7 +4,7 @@ Every figure we publish carries the machine (GPU name, or CPU name on a CPU-only
 revision and the UTC date; `machine()` gathers them. `PEAKS` holds the roofline numbers of
 docs/kernels.md ("Rooflines"), looked up by a substring of the GPU's name. `append_results` adds rows to
 bench/results/results.csv (one line per figure, so benchmarks with different figures share one
-file; `bench.report` reads it back).
+file; `giftnet.bench.report` reads it back).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def machine() -> dict:
     The load average says whether other work shared the CPUs during the run (figures then drop).
     "machine" is the GPU's name, or the CPU's name with " (CPU only)" when there is no CUDA.
     """
-    from pipeline import dali_loader  # late: keeps bench.common light for the report
+    from giftnet.pipeline import dali_loader  # late: keeps giftnet.bench.common light for the report
 
     cpu = cpu_name()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (no CUDA)"

@@ -3,18 +3,18 @@
 For each image size and each core count (1, 2, ... all; the process and its children are pinned to
 that many CPUs) one run measures, in turn:
 
-- feeder: pipeline.dali_feed.TrainFeed alone (file reads and index-based crops, what DALI's worker
+- feeder: giftnet.pipeline.dali_feed.TrainFeed alone (file reads and index-based crops, what DALI's worker
   processes run), in `cores` processes at once; pairs/s per process;
 - feeder_pil: the feeder it replaced (every mask decoded with PIL, the crop drawn on it), likewise;
 - torch: make_train_loader(backend="torch", num_workers=cores): DataLoader worker processes + PIL;
 - dali: make_train_loader(backend="dali", num_workers=cores): DALI CPU threads (GPU decoding with
   CUDA), fed by one worker process from 2 cores on.
 
-All three draw the same crops (pipeline.augment) at the same batch and crop size. Each figure comes
+All three draw the same crops (giftnet.pipeline.augment) at the same batch and crop size. Each figure comes
 with pairs/s, CPU seconds per pair (this process and its children, user + system) and the 1-minute
 load average at its end, so a user can work out cores per GPU on a quiet machine.
 
-    python -m bench.data [--tiny] [--photos DIR --sides 0 640 1024] [--json OUT] [--markdown OUT.md]
+    python -m giftnet.bench.data [--tiny] [--photos DIR --sides 0 640 1024] [--json OUT] [--markdown OUT.md]
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import machine
-from bench.data_sets import from_photos, make_triplets
+from giftnet.bench.common import machine
+from giftnet.bench.data_sets import from_photos, make_triplets
 from giftnet.fileio import atomic_write_text
-from pipeline import dali_loader
-from pipeline.augment import ShardPlan, read_mask, sample_crop
-from pipeline.dali_feed import TrainFeed, read_bytes
-from pipeline.index import index_pairs
-from pipeline.loaders import make_train_loader
-from pipeline.pairs import Pair
+from giftnet.pipeline import dali_loader
+from giftnet.pipeline.augment import ShardPlan, read_mask, sample_crop
+from giftnet.pipeline.dali_feed import TrainFeed, read_bytes
+from giftnet.pipeline.index import index_pairs
+from giftnet.pipeline.loaders import make_train_loader
+from giftnet.pipeline.pairs import Pair
 
 FULL = {"pairs": 320, "batch_size": 16, "crop_size": 256, "feed_epochs": 10}
 TINY = {"pairs": 24, "batch_size": 4, "crop_size": 32, "feed_epochs": 2}
@@ -257,7 +257,7 @@ def markdown(rows: list[dict]) -> str:
     decoded = [r["masks_decoded"] for r in rows if r["backend"] == "feeder"]
     return "\n".join(
         [
-            "# Data pipeline benchmark (`python -m bench.data`)",
+            "# Data pipeline benchmark (`python -m giftnet.bench.data`)",
             "",
             f"Machine: {info['cpu']} ({info['cores']} cores), GPU {info['gpu']}; torch {info['torch']}, "
             f"DALI {info['dali']}, Pillow {info['pillow']}. Git `{info['git']}`, {info['date']}.",
@@ -275,7 +275,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m giftnet.bench.data", description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="CI smoke size (a few seconds on a CPU)")
     ap.add_argument("--photos", type=Path, help="a folder with images/*.jpg and masks/*.png to resize and use")
     ap.add_argument(

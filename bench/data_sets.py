@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline import images as images_io
-from pipeline.pairs import Pair
+from giftnet.pipeline import images as images_io
+from giftnet.pipeline.pairs import Pair
 
 
 def _dirs(root: Path) -> list[Path]:

@@ -9,7 +9,7 @@
 # benchmark, results.csv with the new rows, the pytest junit XML, the report). The archive is
 # rebuilt after every step, so a run killed from outside still returns what it measured.
 #
-# Steps, in this order (fastest evidence first): smoke (bench.gpu_smoke --quick), modconv and
+# Steps, in this order (fastest evidence first): smoke (giftnet.bench.gpu_smoke --quick), modconv and
 # relation (kernel benchmarks, each row appended to results.csv as it is measured), train
 # (configs a-c), train_e (a and e: torch.compile, on its own so its compile time cannot starve
 # the others), pytest (the CUDA tests with xdist, SIGINT at the limit so pytest still prints its
@@ -157,20 +157,20 @@ XDIST=()
 have xdist && XDIST=(-n 4) # four workers on one GPU overlap compiles and autotuning
 ((TINY)) && XDIST=()
 
-correctness smoke 40 "$PY" -m bench.gpu_smoke --quick
-step modconv 90 "$PY" -m bench.kernels --only modconv ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/kernels_modconv.json" --csv "$CSV"
-step relation 35 "$PY" -m bench.kernels --only relation ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/kernels_relation.json" --csv "$CSV"
-step train 75 "$PY" -m bench.train --configs abc ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/train.json" --csv "$CSV"
+correctness smoke 40 "$PY" -m giftnet.bench.gpu_smoke --quick
+step modconv 90 "$PY" -m giftnet.bench.kernels --only modconv ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/kernels_modconv.json" --csv "$CSV"
+step relation 35 "$PY" -m giftnet.bench.kernels --only relation ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/kernels_relation.json" --csv "$CSV"
+step train 75 "$PY" -m giftnet.bench.train --configs abc ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/train.json" --csv "$CSV"
 TRAIN_RC=$?
-step train_e 45 "$PY" -m bench.train --configs ae --rounds 1 ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/train_e.json" --csv "$CSV"
+step train_e 45 "$PY" -m giftnet.bench.train --configs ae --rounds 1 ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/train_e.json" --csv "$CSV"
 TRAIN_E_RC=$?
 correctness pytest 85 "$PY" -m pytest -p no:cacheprovider -q -rfEs ${XDIST[@]+"${XDIST[@]}"} -m gpu \
   --junitxml="$WORK/pytest.xml" tests/test_masked_modconv_cuda.py tests/test_relation_cuda.py
-# bench.train rewrites its JSON after every segment: a timed-out run still adds what it measured.
+# giftnet.bench.train rewrites its JSON after every segment: a timed-out run still adds what it measured.
 ADD=()
 [[ $DRY != 1 && $TRAIN_RC != 0 && -s "$WORK/train.json" ]] && ADD+=(--add "train=$WORK/train.json")
 [[ $DRY != 1 && $TRAIN_E_RC != 0 && -s "$WORK/train_e.json" ]] && ADD+=(--add "train=$WORK/train_e.json")
-RESERVE=0 step report 20 "$PY" -m bench.report --results "$CSV" --out "$WORK/report" \
+RESERVE=0 step report 20 "$PY" -m giftnet.bench.report --results "$CSV" --out "$WORK/report" \
   --aot-json bench/results/aot.json ${ADD[@]+"${ADD[@]}"}
 
 log "finished in $(($(date +%s) - START))s; outputs: $OUT/gpu_check.tar.gz and $LOG"

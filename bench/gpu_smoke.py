@@ -4,7 +4,7 @@ The first step of bench/gpu_check.sh: seconds of plain Python that say whether t
 right on the device before any benchmark or the pytest suite runs (and that run where pytest is
 missing). The core of tests/test_*_cuda.py at a few awkward shapes and at the GiftNet shapes
 (E1-E4 of a 256x256 batch, batch reduced), in fp32, fp16 and bf16, with the masks, inputs and
-tolerances of kernels.testing:
+tolerances of giftnet.kernels.testing:
 
 - masked_modconv2d (impl="triton"): output and the gradients of x, weight and style for one
   shared upstream gradient, against the reference run in fp64 on the same (cast) inputs;
@@ -16,7 +16,7 @@ tolerances of kernels.testing:
 Prints one line per check and exits 1 if any fails. Without CUDA it says so and exits 0 (the
 CPU suite covers the kernels through Triton's interpreter).
 
-    python -m bench.gpu_smoke [--quick]
+    python -m giftnet.bench.gpu_smoke [--quick]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels.testing import TOLERANCES, assert_close, make_mask, modconv_inputs
+from giftnet.kernels.testing import TOLERANCES, assert_close, make_mask, modconv_inputs
 
 MODCONV_TOL = TOLERANCES["modconv", "gpu"]
 RELATION_TOL = TOLERANCES["relation", "gpu"]
@@ -47,7 +47,7 @@ GIFTNET = [
 
 def check_modconv(shape: tuple, dtype: torch.dtype, device: str) -> None:
     """Output and x/weight/style gradients of the Triton op vs the fp64 reference on the same inputs."""
-    from kernels.masked_modconv import masked_modconv2d, masked_modconv2d_reference
+    from giftnet.kernels.masked_modconv import masked_modconv2d, masked_modconv2d_reference
 
     b, c, h, w, kind, channels_last = shape
     t = modconv_inputs(b, c, h, w, kind, torch.Generator().manual_seed(0))
@@ -78,7 +78,7 @@ def _grads(leaves: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def check_relation(shape: tuple, dtype: torch.dtype, device: str) -> None:
     """Relation map (rows sum to 1, shared upstream gradient) and loss (upstream 3.7) vs the reference."""
-    from kernels.relation import (
+    from giftnet.kernels.relation import (
         relation_distill_loss,
         relation_distill_loss_reference,
         relation_map,
@@ -168,7 +168,7 @@ def run_checks(checks: list[tuple[str, Callable[[], None]]]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.gpu_smoke", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m giftnet.bench.gpu_smoke", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the smallest GiftNet shape")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

@@ -1,11 +1,11 @@
 """Both kernel benchmarks under one command: masked modulated convolution and relation distillation.
 
-Runs `bench.kernels_modconv.run` and `bench.kernels_relation.run` (each imported only when it
+Runs `giftnet.bench.kernels_modconv.run` and `giftnet.bench.kernels_relation.run` (each imported only when it
 runs; one that is missing or fails is reported and the other still runs) and prints one table:
 per site or level and implementation, the median milliseconds, TFLOP/s (modconv), effective GB/s
 and its fraction of the GPU's peak bandwidth, and the speed-up over eager and torch.compile.
 
-    python -m bench.kernels [--tiny] [--json OUT] [--csv results.csv] [--only modconv|relation]
+    python -m giftnet.bench.kernels [--tiny] [--json OUT] [--csv results.csv] [--only modconv|relation]
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from bench.common import append_results, csv_records, peaks, row_machine
+from giftnet.bench.common import append_results, csv_records, peaks, row_machine
 from giftnet.fileio import atomic_write_text
 
-BENCHES = {"modconv": "bench.kernels_modconv", "relation": "bench.kernels_relation"}
+BENCHES = {"modconv": "giftnet.bench.kernels_modconv", "relation": "giftnet.bench.kernels_relation"}
 METRICS = ("ms", "tflops", "gbps", "peak_fraction", "vs_eager", "vs_compile")
 
 
@@ -103,7 +103,7 @@ def _print(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m giftnet.bench.kernels", description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (CI smoke test on a CPU)")
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--csv", type=Path, help="append the figures to this results CSV")

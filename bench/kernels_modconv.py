@@ -19,7 +19,7 @@ dx), speed-up over the best eager formulation (grouped, eager, eager-cl) and ove
 Without CUDA only the grouped and eager formulations run, at a tiny size (a smoke test of the
 harness); Triton and torch.compile timings need a GPU and say so.
 
-    python -m bench.kernels_modconv [--tiny] [--json OUT] [--dtype bf16|fp16|fp32] [--reps N]
+    python -m giftnet.bench.kernels_modconv [--tiny] [--json OUT] [--dtype bf16|fp16|fp32] [--reps N]
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from bench.common import fair_baselines, kernel_bench_main, machine, time_ms
-from kernels.masked_modconv import masked_modconv2d_reference
-from kernels.testing import GIFTNET_SITES, TRAIN_BATCH, modconv_inputs
+from giftnet.bench.common import fair_baselines, kernel_bench_main, machine, time_ms
+from giftnet.kernels.masked_modconv import masked_modconv2d_reference
+from giftnet.kernels.testing import GIFTNET_SITES, TRAIN_BATCH, modconv_inputs
 
 SITES = GIFTNET_SITES
 BATCH = TRAIN_BATCH
@@ -73,7 +73,7 @@ def _impls(cuda: bool) -> dict[str, tuple[Callable, bool] | str]:
         impls["compile"] = "torch.compile timing " + msg
         impls["triton"] = impls["triton-cl"] = "Triton timing " + msg
         return impls
-    from kernels.masked_modconv.autograd import masked_modconv2d_triton
+    from giftnet.kernels.masked_modconv.autograd import masked_modconv2d_triton
 
     # One static graph per site (4 shapes): no dynamic-shape kernels, no recompile-limit fallback.
     dynamo = torch._dynamo.config

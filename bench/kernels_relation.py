@@ -10,7 +10,7 @@ once) divided by the time, as a fraction of the GPU's peak (RTX 3090 936 GB/s, H
 Without CUDA only the eager reference runs, at a tiny size (a smoke test of the harness);
 Triton and torch.compile timings need a GPU and say so.
 
-    python -m bench.kernels_relation [--tiny] [--json OUT] [--dtype bf16|fp16|fp32] [--reps N]
+    python -m giftnet.bench.kernels_relation [--tiny] [--json OUT] [--dtype bf16|fp16|fp32] [--reps N]
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from bench.common import fair_baselines, kernel_bench_main, machine, median_ms, peaks
-from kernels.relation import relation_distill_loss_reference
-from kernels.testing import TRAIN_BATCH, make_mask
+from giftnet.bench.common import fair_baselines, kernel_bench_main, machine, median_ms, peaks
+from giftnet.kernels.relation import relation_distill_loss_reference
+from giftnet.kernels.testing import TRAIN_BATCH, make_mask
 
 LEVELS = {"E1": (32, 256), "E2": (64, 128), "E3": (128, 64), "E4": (256, 32)}  # channels, side
 BATCH = TRAIN_BATCH
@@ -51,7 +51,7 @@ def _impls(cuda: bool) -> dict[str, Callable | str]:
         return impls
     # static shapes: each level gets its own specialised compile, as a training run would
     impls["compile"] = torch.compile(relation_distill_loss_reference, dynamic=False)
-    from kernels.relation.autograd import relation_distill_loss_triton
+    from giftnet.kernels.relation.autograd import relation_distill_loss_triton
 
     impls["triton"] = relation_distill_loss_triton
     return impls

@@ -11,7 +11,7 @@ relation distillation, Adam) at 256x256, batch 4, fp32; `evaluate`, `python -m g
 on 32 synthesized 256 px pairs with a fresh full model. Reported: wall seconds of the timed part,
 and the process's user and sys CPU seconds (sys is where page faults go).
 
-    python -m bench.malloc [--rounds 2] [--steps 4] [--out bench/results/malloc.md]
+    python -m giftnet.bench.malloc [--rounds 2] [--steps 4] [--out bench/results/malloc.md]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _eval_run(data: Path, weights: Path, setting: str) -> dict:
 def _step_run(steps: int, setting: str) -> dict:
     env = dict(os.environ, GIFTNET_MALLOC=setting)
     out = subprocess.run(
-        [sys.executable, "-m", "bench.malloc", "--child-steps", str(steps)],
+        [sys.executable, "-m", "giftnet.bench.malloc", "--child-steps", str(steps)],
         env=env, check=True, capture_output=True, text=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -83,8 +83,8 @@ def _step_run(steps: int, setting: str) -> dict:
 def _fixtures(tmp: Path) -> tuple[Path, Path]:
     from giftnet.config import ModelConfig
     from giftnet.model import build_model
+    from giftnet.pipeline.builders.synth import build_demo_dataset
     from giftnet.weights import save_weights
-    from pipeline.builders.synth import build_demo_dataset
 
     data = build_demo_dataset(tmp / "data", n_train=1, n_test=32, size=256, seed=0)
     weights = tmp / "model.safetensors"
@@ -103,7 +103,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.malloc", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m giftnet.bench.malloc", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--out", type=Path, default=Path("bench/results/malloc.md"))
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_steps is not None:
         print(json.dumps(_step_child(args.child_steps)))
         return 0
-    from bench.common import cpu_name, git_revision, utc_date
+    from giftnet.bench.common import cpu_name, git_revision, utc_date
     from giftnet.fileio import atomic_write_text
 
     load_before = os.getloadavg()
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, torch {torch_version()}; git {git_revision()}; {utc_date()}; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (2 cores shared with other jobs). "
-        f"{args.rounds} rounds, settings alternating; `python -m bench.malloc --rounds {args.rounds} --steps {args.steps}`.",
+        f"{args.rounds} rounds, settings alternating; `python -m giftnet.bench.malloc --rounds {args.rounds} --steps {args.steps}`.",
         "",
         "| workload | setting | wall | user CPU | sys CPU | wall speed-up | CPU-time speed-up |",
         "|---|---|---|---|---|---|---|",

@@ -8,7 +8,7 @@ the kernels (table and a roofline on the GPU they ran on, with the RTX 3090's ro
 its specification) and the static resources of every Triton kernel on sm_86 from the
 ahead-of-time compile (`--aot` recompiles them into bench/results/aot.json; no GPU needed).
 
-    python -m bench.report [--results bench/results/results.csv] [--out DIR] [--add KIND=JSON] [--aot]
+    python -m giftnet.bench.report [--results bench/results/results.csv] [--out DIR] [--add KIND=JSON] [--aot]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from bench.common import REPO, RESULTS_CSV, RTX3090, append_results, csv_records, peaks, read_results
+from giftnet.bench.common import REPO, RESULTS_CSV, RTX3090, append_results, csv_records, peaks, read_results
 
 AOT_JSON = "aot.json"
 DATA_METRICS = ("pairs_per_s", "vs_torch")
@@ -36,14 +36,14 @@ bash bench/gpu_check.sh /tmp/gpu-out          # PYTHON=/path/to/python to choose
 
 It writes `env.txt` (nvidia-smi, library versions), then runs the GPU correctness checks
 (`pytest tests/test_masked_modconv_cuda.py tests/test_relation_cuda.py tests/test_loaders.py` when
-pytest is installed, and `python -m bench.gpu_smoke` always: the Triton kernels against their
-references in fp32/fp16/bf16 at the GiftNet shapes), then `bench.kernels`, `bench.train` and
-`bench.data` (DALI rows are skipped where DALI is not installed), each under a timeout so the
+pytest is installed, and `python -m giftnet.bench.gpu_smoke` always: the Triton kernels against their
+references in fp32/fp16/bf16 at the GiftNet shapes), then `giftnet.bench.kernels`, `giftnet.bench.train` and
+`giftnet.bench.data` (DALI rows are skipped where DALI is not installed), each under a timeout so the
 whole run stays within 8 minutes. Logs, JSON, a copy of `results.csv` with the new figures
 appended, and this report regenerated with the new plots land in the output folder. It exits
 non-zero only when a correctness check fails. `GIFTNET_GPU_CHECK_DRY=1` only checks for CUDA
 and lists what it would run. To publish: copy `OUT/results.csv` over `bench/results/results.csv`
-and run `python -m bench.report`.
+and run `python -m giftnet.bench.report`.
 """
 
 
@@ -175,9 +175,9 @@ def add_json(kind: str, path: Path, results: Path) -> None:
     """Append the rows of a benchmark's --json output to the results CSV."""
     rows = json.loads(Path(path).read_text())
     if kind == "train":
-        from bench.train import record_csv
+        from giftnet.bench.train import record_csv
     elif kind == "kernels":
-        from bench.kernels import record_csv
+        from giftnet.bench.kernels import record_csv
     elif kind == "data":
 
         def record_csv(rows: list[dict], path: Path) -> None:
@@ -224,13 +224,13 @@ def _title(key: tuple) -> str:
 
 def train_section(runs: dict) -> list[str]:
     try:
-        from bench.train import CONFIGS
+        from giftnet.bench.train import CONFIGS
 
         labels = {letter: spec["label"] for letter, spec in CONFIGS.items()}
     except ImportError:  # the trainer's dependencies are missing here: tables without labels
         labels = {}
 
-    out = ["## Training throughput (`python -m bench.train`)", ""]
+    out = ["## Training throughput (`python -m giftnet.bench.train`)", ""]
     out += [
         "Full harmonization-stage steps (teacher forward, student forward + backward, relation distillation,",
         "Adam), data loading inside the clock. MFU: achieved model FLOP/s (counted) over the GPU's dense bf16 peak.",
@@ -271,7 +271,7 @@ def train_section(runs: dict) -> list[str]:
 
 
 def data_section(runs: dict) -> list[str]:
-    out = ["## Data pipeline (`python -m bench.data`)", ""]
+    out = ["## Data pipeline (`python -m giftnet.bench.data`)", ""]
     found = latest(runs, "data")
     if not found:
         return [*out, "No data-pipeline results yet.", ""]
@@ -298,7 +298,7 @@ def data_section(runs: dict) -> list[str]:
 
 
 def kernels_section(runs: dict, out_dir: Path) -> list[str]:
-    out = ["## Kernels (`python -m bench.kernels`)", ""]
+    out = ["## Kernels (`python -m giftnet.bench.kernels`)", ""]
     found = [(k, c) for b in ("kernels_modconv", "kernels_relation") for k, c in latest(runs, b)]
     gpu = [(k, c) for k, c in found if not k[0].endswith("(CPU only)")]
     note = roofline_png(gpu, out_dir / "kernels_roofline.png")
@@ -327,27 +327,31 @@ def kernels_section(runs: dict, out_dir: Path) -> list[str]:
 
 
 def run_aot(out: Path) -> None:
-    """`python -m kernels.aot --json out` in a subprocess without TRITON_INTERPRET (the interpreter
+    """`python -m giftnet.kernels.aot --json out` in a subprocess without TRITON_INTERPRET (the interpreter
     replaces the JIT functions, so the compile must not see it)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-m", "kernels.aot", "--json", str(out)], env=env, cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "giftnet.kernels.aot", "--json", str(out)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     if not out.is_file():
-        raise RuntimeError(f"python -m kernels.aot failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"python -m giftnet.kernels.aot failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
 
 
 def aot_section(aot_json: Path) -> list[str]:
     out = ["## Static resources on sm_86 (RTX 3090), from the ahead-of-time compile", ""]
     if not aot_json.is_file():
-        return [*out, f"No `{aot_json.name}` yet: run `python -m bench.report --aot`.", ""]
+        return [*out, f"No `{aot_json.name}` yet: run `python -m giftnet.bench.report --aot`.", ""]
     records = [r for r in json.loads(aot_json.read_text()) if r["arch"] == 86]
     out += [
-        "Every launch the kernels may make (`python -m kernels.aot`, no GPU needed). Stack or local bytes mean",
+        "Every launch the kernels may make (`python -m giftnet.kernels.aot`, no GPU needed). Stack or local bytes mean",
         "register spills; a block may use at most 99 KB of shared memory on sm_86. Regenerated by",
-        f"`python -m bench.report --aot` ({len(records)} launches).",
+        f"`python -m giftnet.bench.report --aot` ({len(records)} launches).",
         "",
         "| kernel | warps | stages | tile | registers | spills (stack/local B) | shared (B) | ok |",
         "|---|---:|---:|---|---:|---:|---:|---|",
@@ -367,7 +371,7 @@ def write_report(results: Path, out_dir: Path, aot_json: Path | None = None) -> 
     runs = pivot(read_results(results))
     lines = ["# Benchmark results", ""]
     lines += [
-        f"Generated by `python -m bench.report` from `{results.name}` (one line per figure: machine, git",
+        f"Generated by `python -m giftnet.bench.report` from `{results.name}` (one line per figure: machine, git",
         "revision, date, benchmark, config, metric, value). The newest run on each machine is shown. CPU rows",
         "come from tiny CI-sized runs that only check the harness; the figures that matter are the GPU ones.",
         "",
@@ -387,7 +391,7 @@ def write_report(results: Path, out_dir: Path, aot_json: Path | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m giftnet.bench.report", description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=RESULTS_CSV, help="the results CSV (appended to by --add)")
     ap.add_argument("--out", type=Path, help="folder for README.md and the PNGs (default: the CSV's folder)")
     ap.add_argument("--add", action="append", default=[], metavar="KIND=JSON", help="append a bench's --json output")

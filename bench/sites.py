@@ -1,9 +1,9 @@
 """Per-site table of bytes, FLOPs and launches per call, and the background a kernel may skip.
 
-    python -m bench.sites --masks FOLDER_OR_ZIP [--masks ...] --out bench/results/sites.md
+    python -m giftnet.bench.sites --masks FOLDER_OR_ZIP [--masks ...] --out bench/results/sites.md
 
-Everything here is an estimate from data flow (bench.sites_model) plus a measurement on real
-masks (bench.sites_masks); no GPU is used. The report states the machine, git revision and date.
+Everything here is an estimate from data flow (giftnet.bench.sites_model) plus a measurement on real
+masks (giftnet.bench.sites_masks); no GPU is used. The report states the machine, git revision and date.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import git_revision, machine, utc_date
-from bench.sites_masks import TILES, iter_masks, mask_statistics, parse_tile
-from bench.sites_model import (
+from giftnet.bench.common import git_revision, machine, utc_date
+from giftnet.bench.sites_masks import TILES, iter_masks, mask_statistics, parse_tile
+from giftnet.bench.sites_model import (
     BATCH,
     GPUS,
     LAUNCH_FLOOR_US,
@@ -53,7 +53,7 @@ def short_label(label: str) -> str:
 
 def kernel_skips(stats: dict[str, dict], c: int, side: int) -> dict[str, tuple[float, float]]:
     """Mask set -> (skipped share of the conv's tiles, of the correlation's pixel steps) at a site,
-    for the tiles the kernels use at C = c (bench.sites_model.fwd_tile, corr_tile)."""
+    for the tiles the kernels use at C = c (giftnet.bench.sites_model.fwd_tile, corr_tile)."""
     th, tw, _ = fwd_tile(c)
     _, _, ch, cw = corr_tile(c)
     return {
@@ -286,7 +286,7 @@ def build_report(stats: dict[str, dict], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.sites", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m giftnet.bench.sites", description=__doc__.split("\n\n")[0])
     parser.add_argument("--masks", action="append", required=True, help="a folder or .zip of mask images (repeat)")
     parser.add_argument("--out", type=Path, required=True, help="the Markdown report to write")
     args = parser.parse_args(argv)
@@ -301,11 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         parse_tile(t)
     # Mask sources appear by their last three path components: where a data set lives is local.
     shown = ["--masks .../" + "/".join(Path(m).parts[-3:]) for m in args.masks] + [f"--out {args.out}"]
-    command = "python -m bench.sites " + " ".join(shown)
+    command = "python -m giftnet.bench.sites " + " ".join(shown)
     atomic_write_text(args.out, build_report(stats, command))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli("bench.sites", main))
+    sys.exit(run_cli("giftnet.bench.sites", main))

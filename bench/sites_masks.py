@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from giftnet.errors import DataError, UsageError
 from giftnet.fileio import check_regular_file
 from giftnet.gift import resize_mask
-from pipeline.images import read_mask
+from giftnet.pipeline.images import read_mask
 
 IMAGE = 256
 TILES = ("8x8", "8x16", "4x8", "16x16", "8x32", "32x32", "flat64", "flat128")
@@ -73,7 +73,7 @@ def fixed256(mask: np.ndarray) -> torch.Tensor:
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
-    """A mask as every reader of the engine sees it (pipeline.images.read_mask), from its bytes."""
+    """A mask as every reader of the engine sees it (giftnet.pipeline.images.read_mask), from its bytes."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(name).name
         path.write_bytes(data)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 def weight_style_grads_mirror(
     corr: torch.Tensor, weight: torch.Tensor, style: torch.Tensor, d: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """kernels.masked_modconv_bwd.weight_style_grads, demodulated case (style as fp32, as the
+    """giftnet.kernels.masked_modconv_bwd.weight_style_grads, demodulated case (style as fp32, as the
     autograd function passes it)."""
     s = style.detach().float()
     w9 = weight.detach().float().permute(2, 3, 0, 1)
@@ -29,7 +29,7 @@ def weight_style_grads_mirror(
 def masked_modconv2d_grouped(
     x: torch.Tensor, weight: torch.Tensor, style: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8
 ) -> torch.Tensor:
-    """bench.kernels_modconv's grouped baseline: per-sample weights W''_b, one grouped conv."""
+    """giftnet.bench.kernels_modconv's grouped baseline: per-sample weights W''_b, one grouped conv."""
     b, c, h, w = x.shape
     m = mask.to(x.dtype)
     wb = weight.float()[None] * style.float()[:, None, :, None, None]

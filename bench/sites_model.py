@@ -3,7 +3,7 @@
 Nothing here runs on a GPU. Two kinds of rows:
 
 - traced (eager baselines): the formulation runs on meta tensors at the real shape and every
-  ATen op is counted (bench.sites_trace): exact op counts, the eager DRAM model (each op reads
+  ATen op is counted (giftnet.bench.sites_trace): exact op counts, the eager DRAM model (each op reads
   its inputs and writes its outputs once), torch's FLOP formulas;
 - modelled (our Triton kernels as written in kernels/ at this revision, torch.compile, ideal
   rooflines): the data flow written out by hand below, pass by pass, with the assumptions named.
@@ -21,8 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bench.sites_trace import Launch, trace, trace_fwd_bwd
 from giftnet.backbone import encoder_channels
+from giftnet.bench.sites_trace import Launch, trace, trace_fwd_bwd
 
 BATCH = 16
 IMAGE = 256
@@ -131,12 +131,12 @@ def corr_tile(c: int) -> tuple[int, int, int, int]:
 
 
 def tile_name(h: int, w: int) -> str:
-    """The bench.sites_masks name of an h x w pixel tile."""
+    """The giftnet.bench.sites_masks name of an h x w pixel tile."""
     return f"{h}x{w}"
 
 
 def corr_chunks(s: Shape, sms: int) -> int:
-    """kernels.masked_modconv.launch.choose_chunks and its row bands, restated (chunks per sample)."""
+    """giftnet.kernels.masked_modconv.launch.choose_chunks and its row bands, restated (chunks per sample)."""
     want = -(-4 * sms // (s.b * 9 * (-(-s.c // 64)) ** 2))
     by_memory = max(1, (256 << 20) // (s.b * 9 * s.c * s.c * 4))
     chunks = max(1, min(want, max(1, s.p // 1024), by_memory))
@@ -177,11 +177,11 @@ def _tap_correlation(s: Shape, sms: int, fg: float = 1.0) -> list[Launch]:
 
 
 def _weight_style_grads(s: Shape) -> list[Launch]:
-    """kernels.masked_modconv_bwd.weight_style_grads: torch math on G (B, 9, C, C) fp32.
+    """giftnet.kernels.masked_modconv_bwd.weight_style_grads: torch math on G (B, 9, C, C) fp32.
 
     Traced on meta with the real shapes: it is plain torch, so the count is exact for that code.
     """
-    from bench.sites_mirror import weight_style_grads_mirror  # today's code, restated
+    from giftnet.bench.sites_mirror import weight_style_grads_mirror  # today's code, restated
 
     dev = "meta"
     corr = torch.empty(s.b, 9, s.c, s.c, device=dev)
@@ -223,8 +223,8 @@ def _modconv_inputs(s: Shape):
 def modconv_traced(s: Shape, formulation: str) -> tuple[list[Launch], list[Launch]]:
     """Eager baselines traced at the real shape: "eager" (scale-conv-scale, the library
     reference), "grouped" (per-sample weights, one grouped conv), "cudnn" (a plain 3x3 conv)."""
-    from bench.sites_mirror import masked_modconv2d_grouped
-    from kernels.masked_modconv import masked_modconv2d_reference
+    from giftnet.bench.sites_mirror import masked_modconv2d_grouped
+    from giftnet.kernels.masked_modconv import masked_modconv2d_reference
 
     x, w, st, m = _modconv_inputs(s)
     fns = {
@@ -298,8 +298,8 @@ def relation_triton(s: Shape) -> tuple[list[Launch], list[Launch]]:
 
 
 def relation_traced(s: Shape) -> tuple[list[Launch], list[Launch]]:
-    """The eager reference loss (kernels.relation), student gradient only, traced at the real shape."""
-    from kernels.relation import relation_distill_loss_reference
+    """The eager reference loss (giftnet.kernels.relation), student gradient only, traced at the real shape."""
+    from giftnet.kernels.relation import relation_distill_loss_reference
 
     dev = "meta"
     stu = torch.empty(s.b, s.c, s.side, s.side, device=dev, dtype=torch.bfloat16, requires_grad=True)

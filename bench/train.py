@@ -19,7 +19,7 @@ the segment's peak allocation above what was resident at its start, plus this co
 own weights and optimizer state. Without CUDA, rows c and e are skipped with the reason, and d
 runs when DALI imports (CPU decoding, reference ops).
 
-    python -m bench.train [--tiny] [--json OUT] [--csv results.csv] [--steps N] [--data ROOT]
+    python -m giftnet.bench.train [--tiny] [--json OUT] [--csv results.csv] [--steps N] [--data ROOT]
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-from bench.common import append_results, csv_records, machine, peaks
-from bench.train_setup import CONFIGS, Plan, Setup, count_flops, load_pairs, mixed_precision, skip_reason
-from pipeline import dali_loader
+from giftnet.bench.common import append_results, csv_records, machine, peaks
+from giftnet.bench.train_setup import CONFIGS, Plan, Setup, count_flops, load_pairs, mixed_precision, skip_reason
+from giftnet.pipeline import dali_loader
 
 __all__ = ["CONFIGS", "Plan", "Setup", "count_flops", "main", "run", "skip_reason"]
 
@@ -234,12 +234,12 @@ def _print(rows: list[dict]) -> None:
     if info["gpu"] != "none (no CUDA)" and a and b and c and d:
         print(
             f"goal (issue 7): d/a = {d / a:.2f} (>= 2), c/b = {c / b:.2f} (>= 1.3); "
-            "compare d with bench.data's pairs/s (>= 1.5x d's images/s)"
+            "compare d with giftnet.bench.data's pairs/s (>= 1.5x d's images/s)"
         )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m giftnet.bench.train", description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="CI smoke size (seconds on a CPU)")
     ap.add_argument("--json", type=Path, help="write the rows as JSON here (rewritten after every timed segment)")
     ap.add_argument("--csv", type=Path, help="append the figures to this results CSV (e.g. bench/results/results.csv)")
@@ -285,5 +285,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     start = time.perf_counter()
     code = main()
-    print(f"bench.train took {time.perf_counter() - start:.1f} s")
+    print(f"giftnet.bench.train took {time.perf_counter() - start:.1f} s")
     sys.exit(code)

@@ -1,4 +1,4 @@
-"""The pieces of bench.train: the five configurations, when one is skipped, and how one is built and timed.
+"""The pieces of giftnet.bench.train: the five configurations, when one is skipped, and how one is built and timed.
 
 `Setup` builds a configuration exactly as the trainer does (`Context`, `prepare`, `build_model`,
 `build_teacher`, `make_optimizer`, `make_scaler`, `make_train_loader`) and times segments of
@@ -16,15 +16,15 @@ from typing import TypedDict
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import Timer, sync
+from giftnet.bench.common import Timer, sync
 from giftnet.choices import Backend, Impl, Precision
 from giftnet.config import LossConfig, ModelConfig
 from giftnet.model import build_model, build_teacher
+from giftnet.pipeline import dali_loader
+from giftnet.pipeline.loaders import make_train_loader
 from giftnet.training.config import TrainConfig
 from giftnet.training.loop import Context, prepare, train_step
 from giftnet.training.precision import cpu_supports, make_optimizer, make_scaler, resolve_precision
-from pipeline import dali_loader
-from pipeline.loaders import make_train_loader
 
 
 class _Spec(TypedDict):
@@ -192,7 +192,7 @@ def count_flops(setup: Setup) -> int:
 
 def load_pairs(plan: Plan, data: Path | None, cache: Path) -> tuple[list, str]:
     """Training pairs from an iHarmony4 root, or the demo dataset built into `cache` (reused when built)."""
-    from pipeline.ihd import read_pairs
+    from giftnet.pipeline.ihd import read_pairs
 
     if data is not None:
         pairs = read_pairs(data, None, "train")
@@ -201,13 +201,15 @@ def load_pairs(plan: Plan, data: Path | None, cache: Path) -> tuple[list, str]:
         return pairs[: plan.pairs_needed], str(data)
     n = plan.pairs_needed
     try:
-        from pipeline.builders.synth import build_demo_dataset
+        from giftnet.pipeline.builders.synth import build_demo_dataset
     except ImportError as err:  # scikit-image missing (a bare GPU machine): plain synthetic JPEGs
-        from bench.data import make_triplets
+        from giftnet.bench.data import make_triplets
 
         folder = cache / f"triplets-{plan.image_size}px-{n}"
         return make_triplets(folder, n, min_side=plan.image_size, max_side=plan.image_size * 3 // 2), (
             f"synthetic JPEG triplets ({err})"
         )
     root = build_demo_dataset(cache / f"demo-{plan.image_size}px-{n}", n_train=n, n_test=0, size=plan.image_size)
-    return read_pairs(root, None, "train"), f"demo dataset (pipeline.builders.synth, short side {plan.image_size} px)"
+    return read_pairs(
+        root, None, "train"
+    ), f"demo dataset (giftnet.pipeline.builders.synth, short side {plan.image_size} px)"

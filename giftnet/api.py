@@ -26,7 +26,7 @@ from torch import nn
 from giftnet import runtime
 from giftnet.errors import UsageError
 from giftnet.harmonize import harmonize_image
-from pipeline import images
+from giftnet.pipeline import images
 
 __all__ = ["harmonize_array", "load_model", "read_image", "read_mask"]
 

@@ -29,6 +29,10 @@ from giftnet.errors import UsageError, run_cli
 from giftnet.fileio import InputGuard, atomic_write_text, output_errors
 from giftnet.imagenet import to_255
 from giftnet.metrics import FSSIM_RANGES, PSNR_PEAKS, image_metrics
+from giftnet.pipeline.ihd import list_files_for, read_pairs
+from giftnet.pipeline.images import save_image
+from giftnet.pipeline.loaders import resolve_backend
+from giftnet.pipeline.pairs import DatasetError, Pair
 from giftnet.progress import DEFAULT_EVERY_S, progress_bar
 from giftnet.protocols import PROTOCOLS, Protocol, at_original_size, pad_to_multiple, protocol_loader, settings
 from giftnet.runtime import (  # re-exported: the names this module held before giftnet.runtime
@@ -39,10 +43,6 @@ from giftnet.runtime import (  # re-exported: the names this module held before 
     load_model,
     model_device,
 )
-from pipeline.ihd import list_files_for, read_pairs
-from pipeline.images import save_image
-from pipeline.loaders import resolve_backend
-from pipeline.pairs import DatasetError, Pair
 
 METRICS = ("mse", "fmse", "psnr", "fpsnr", "fssim")
 ALL = "all"

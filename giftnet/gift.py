@@ -3,7 +3,7 @@
 The pooled bottleneck f_e = GAP(F_e4) passes through a 4-layer MLP (three layers shared by all
 sites, the fourth per site) that predicts a scale s per input channel; each site's base 3x3
 kernel is modulated by s, demodulated per output channel, and applied to the foreground only:
-F' = M * conv(M * F, W'') + (1 - M) * F (kernels.masked_modconv2d).
+F' = M * conv(M * F, W'') + (1 - M) * F (giftnet.kernels.masked_modconv2d).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from giftnet.config import ModelConfig
-from kernels import masked_modconv2d
+from giftnet.kernels import masked_modconv2d
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:

@@ -7,7 +7,7 @@ is kept and pixels where the mask is 0 come out bit-identical. `--full-res` runs
 the full image instead, padded (edge replication; mask padded with 0) to a multiple of 8 and
 cropped back, so no pixel is resampled; the same mask blend applies.
 
-Inputs are decoded by pipeline.images, the decoder the training and evaluation loaders use, so a
+Inputs are decoded by giftnet.pipeline.images, the decoder the training and evaluation loaders use, so a
 file means the same pixels here as in training: EXIF orientation applied to image and mask,
 grayscale replicated to RGB (the output is RGB), 16-bit scaled to 8-bit, palette and CMYK
 converted; RGBA's colour channels are used as stored and the alpha is re-attached unchanged to
@@ -40,8 +40,8 @@ from giftnet.errors import UsageError, run_cli
 from giftnet.fileio import InputGuard, check_regular_file, output_errors
 from giftnet.imagenet import normalise, to_255
 from giftnet.messages import first_n
+from giftnet.pipeline.images import output_format, read_mask, read_rgb_alpha, save_image
 from giftnet.runtime import PRECISIONS, autocast_context, check_device, default_device, load_model, model_device
-from pipeline.images import output_format, read_mask, read_rgb_alpha, save_image
 
 InputError = UsageError  # the name this module used before giftnet.errors
 
@@ -177,12 +177,12 @@ class Job:
 
 
 def read_composite(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(HxWx3 uint8 RGB, HxW uint8 alpha or None) of an image file: pipeline.images, the loaders' decoder."""
+    """(HxWx3 uint8 RGB, HxW uint8 alpha or None) of an image file: giftnet.pipeline.images, the loaders' decoder."""
     return read_rgb_alpha(path)
 
 
 def read_mask_file(path: Path) -> np.ndarray:
-    """HxW float32 mask in [0, 1]: pipeline.images.read_mask, the loaders' mask reader."""
+    """HxW float32 mask in [0, 1]: giftnet.pipeline.images.read_mask, the loaders' mask reader."""
     return read_mask(path)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD
+from giftnet.pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN_255 = tuple(255.0 * m for m in IMAGENET_MEAN)
 STD_255 = tuple(255.0 * s for s in IMAGENET_STD)

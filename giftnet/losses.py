@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from giftnet.config import LossConfig
 from giftnet.gift import resize_mask
-from kernels import relation_distill_loss
+from giftnet.kernels import relation_distill_loss
 
 
 def harmonization_loss(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, cfg: LossConfig) -> torch.Tensor:

@@ -9,7 +9,7 @@ The papers compare under the protocols of iSSAM's `--resize-strategy`:
 - "full" (iSSAM's "None", PCT-Net's evaluation): the original resolution.
 
 Images are resized as iSSAM does, with OpenCV's fixed-point INTER_LINEAR on uint8
-(pipeline.resize reproduces it exactly); the mask, a float, bilinearly. For "longest1024" and
+(giftnet.pipeline.resize reproduces it exactly); the mask, a float, bilinearly. For "longest1024" and
 "full" the network's input is padded with zeros to a multiple of 8 and its output cropped back,
 as iSSAM's predictor does (PadToDivisor), so metrics are taken at the image's own size.
 """
@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.augment import check_same_size, read_mask
-from pipeline.images import read_rgb
-from pipeline.loaders import check_files, make_eval_loader
-from pipeline.pairs import Pair
-from pipeline.resize import cv2_linear_resize_u8
-from pipeline.torch_loader import normalise
+from giftnet.pipeline.augment import check_same_size, read_mask
+from giftnet.pipeline.images import read_rgb
+from giftnet.pipeline.loaders import check_files, make_eval_loader
+from giftnet.pipeline.pairs import Pair
+from giftnet.pipeline.resize import cv2_linear_resize_u8
+from giftnet.pipeline.torch_loader import normalise
 
 PROTOCOLS = ("fixed", "longest1024", "full")
 LONGEST = 1024

@@ -32,8 +32,8 @@ from giftnet.config import ModelConfig
 from giftnet.errors import WeightsError
 from giftnet.fields import from_dict
 from giftnet.fileio import atomic_write_bytes, check_regular_file
+from giftnet.kernels._dispatch import interpreter_enabled, triton_installed
 from giftnet.model import GiftNet
-from kernels._dispatch import interpreter_enabled, triton_installed
 
 FORMAT = "giftnet-weights"
 

@@ -1,7 +1,7 @@
 """Hot-path ops of GiftNet: Triton kernels with pure-PyTorch references chosen by `impl=`."""
 
-from kernels.masked_modconv import masked_modconv2d, masked_modconv2d_reference
-from kernels.relation import (
+from giftnet.kernels.masked_modconv import masked_modconv2d, masked_modconv2d_reference
+from giftnet.kernels.relation import (
     relation_distill_loss,
     relation_distill_loss_reference,
     relation_map,

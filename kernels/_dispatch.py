@@ -139,7 +139,7 @@ _AOT_PROVIDERS: dict[str, Callable[[], list]] = {}
 
 
 def register_aot_specs(op: str, provider: Callable[[], list]) -> None:
-    """Each op registers the function listing its ahead-of-time compile specs (kernels.aot collects them)."""
+    """Each op registers the function listing its ahead-of-time compile specs (giftnet.kernels.aot collects them)."""
     _AOT_PROVIDERS[op] = provider
 
 

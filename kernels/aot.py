@@ -1,13 +1,13 @@
 """Ahead-of-time compilation of Triton kernels for GPUs that are not present.
 
 Every kernel op registers the launches it may make as `AotSpec`s (one per autotune config,
-dtype and layout; kernels._dispatch.register_aot_specs). `compile_spec` compiles one for a target such as sm_86 (RTX 3090) and reads its
+dtype and layout; giftnet.kernels._dispatch.register_aot_specs). `compile_spec` compiles one for a target such as sm_86 (RTX 3090) and reads its
 static resources with the `cuobjdump` that ships with Triton: registers, stack (non-zero
 means register spills) and shared memory. This is how CI proves, without a GPU, that the
 code it tests under the interpreter compiles and fits the users' card.
 
 Must run without TRITON_INTERPRET (the interpreter replaces the JIT functions);
-`python -m kernels.aot` runs every spec and prints a table.
+`python -m giftnet.kernels.aot` runs every spec and prints a table.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def compile_spec(spec: AotSpec, arch: int) -> Resources:
     from triton.backends.compiler import GPUTarget
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        raise RuntimeError("kernels.aot must run without TRITON_INTERPRET=1")
+        raise RuntimeError("giftnet.kernels.aot must run without TRITON_INTERPRET=1")
     kernel = triton.compile(
         _ast_source(spec),
         target=GPUTarget("cuda", arch, 32),
@@ -145,8 +145,8 @@ def _compile_record(job: tuple[int, int, bool]) -> dict:
 
 
 def all_specs() -> list[AotSpec]:
-    """Every launch of every Triton kernel op: each op registers its specs (kernels._dispatch)."""
-    from kernels._dispatch import aot_providers
+    """Every launch of every Triton kernel op: each op registers its specs (giftnet.kernels._dispatch)."""
+    from giftnet.kernels._dispatch import aot_providers
 
     specs: list[AotSpec] = []
     for provider in aot_providers().values():
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    parser = argparse.ArgumentParser(prog="python -m kernels.aot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m giftnet.kernels.aot", description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write one record per (kernel, arch) to this JSON file")
     parser.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
     parser.add_argument(

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import images
-from pipeline.pairs import DatasetError
+from giftnet.pipeline import images
+from giftnet.pipeline.pairs import DatasetError
 
 # Separate streams for the epoch order and the per-pair crop, so neither can alias the other.
 _ORDER_STREAM = 0x0D0E
@@ -151,7 +151,7 @@ def foreground_area(mask: np.ndarray, top: int, left: int, h: int, w: int, crop_
 
 def area_from_sum(total: int, h: int, w: int, crop_size: int) -> float:
     """foreground_area from the window's sum of mask values: monotonic in `total`, so bounds on the
-    sum give bounds on the area (pipeline.index decides the keep-background rule that way)."""
+    sum give bounds on the area (giftnet.pipeline.index decides the keep-background rule that way)."""
     return float(total) / 255.0 * (crop_size * crop_size) / (h * w)
 
 
@@ -226,7 +226,7 @@ def draw_crop(
     """sample_crop's draws for an image of `shape`, asking `has_foreground(top, left, h, w)` whether
     a window passes the keep-background rule and `median_point()` where to move the last one.
 
-    The mask itself is not needed: pipeline.index answers both questions from its summary, so
+    The mask itself is not needed: giftnet.pipeline.index answers both questions from its summary, so
     the same draws (and so the same crops) come without decoding the mask.
     """
     height, width = shape
@@ -244,7 +244,7 @@ def draw_crop(
 def read_mask(path: Path) -> np.ndarray:
     """A mask file as a writable uint8 (H, W) array, 0 background to 255 foreground.
 
-    Decoded by pipeline.images.read_mask, the one mask reader of the package (channel 0; an
+    Decoded by giftnet.pipeline.images.read_mask, the one mask reader of the package (channel 0; an
     alpha-only mask's alpha; 16-bit masks scaled), so the loaders see what the checker checked.
     """
     return np.rint(images.read_mask(path) * 255.0).astype(np.uint8)

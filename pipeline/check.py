@@ -1,12 +1,12 @@
-"""`python -m pipeline.check ROOT`: validate an iHarmony4-layout dataset before a long run.
+"""`python -m giftnet.pipeline.check ROOT`: validate an iHarmony4-layout dataset before a long run.
 
 Finds, in one pass, every missing file, zero-byte / unreadable / truncated image, composite-real or
 mask size mismatch, empty mask, mask with differing channels or too many intermediate values, and
 list-file oddities (including lines that leave the dataset root), and images declaring more pixels
 than the decoder's budget. Files the loaders read in a special way (EXIF-rotated, 16-bit, grayscale,
-palette, CMYK, with alpha) are decoded by pipeline.images, the loaders' own decoder, and reported as
+palette, CMYK, with alpha) are decoded by giftnet.pipeline.images, the loaders' own decoder, and reported as
 warnings saying what the loaders do with them; a full mask is a warning. Exit status 1 if any error,
-2 for a bad argument. With `--index`, a clean dataset then gets its index (pipeline.index) built or
+2 for a bad argument. With `--index`, a clean dataset then gets its index (giftnet.pipeline.index) built or
 refreshed.
 """
 
@@ -25,10 +25,10 @@ import numpy as np
 
 from giftnet.errors import DataError, UsageError, run_cli
 from giftnet.messages import first_n
-from pipeline.ihd import SPLITS, list_files_for, read_list_file
-from pipeline.images import Header, mask_channels, mask_from_channels, open_image, read_header, read_rgb
-from pipeline.index import INDEX_NAME, index_file_for, index_pairs, stale_entries
-from pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.ihd import SPLITS, list_files_for, read_list_file
+from giftnet.pipeline.images import Header, mask_channels, mask_from_channels, open_image, read_header, read_rgb
+from giftnet.pipeline.index import INDEX_NAME, index_file_for, index_pairs, stale_entries
+from giftnet.pipeline.pairs import DatasetError, Pair
 
 Severity = Literal["error", "warning"]
 SOFT_FRACTION = 0.02  # a mask with more than 2% of its pixels strictly between 0 and 255 (+-8) is not binary
@@ -237,7 +237,7 @@ def require_valid(
     problems = check_dataset(root, subsets, split, decode=decode, workers=workers)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
-        hint = f"run `python -m pipeline.check {root}` for the full report{advice}"
+        hint = f"run `python -m giftnet.pipeline.check {root}` for the full report{advice}"
         where = "" if split == "all" else f" in the {split} split"
         raise DatasetError(f"{root}: {len(errors)} dataset error(s){where}:\n  {first_n(errors, 20)}\n{hint}")
     return problems
@@ -256,7 +256,7 @@ def _index_line(pairs: list[Pair], build: bool, workers: int | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m giftnet.pipeline.check", description=__doc__.split("\n")[0])
     parser.add_argument("root", type=Path, help="dataset root (holding subset folders) or one subset folder")
     parser.add_argument("--subsets", nargs="+", help="only these subsets (default: every subset with a list)")
     parser.add_argument("--split", choices=[*SPLITS, "all"], default="all")
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Print every problem, one a line, then a summary; exit status 1 if any is an error."""
     args = build_parser().parse_args(argv)
-    return run_cli("pipeline.check", lambda: _report(args))
+    return run_cli("giftnet.pipeline.check", lambda: _report(args))
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 A TrainFeed is DALI's external source for one epoch's batches (batch mode, `batch_info=True`): for
 batch `iteration` it reads the composite, real and mask files as bytes and draws each pair's crop
-from the dataset index (pipeline.index), so the mask is decoded here only in the rare case its
+from the dataset index (giftnet.pipeline.index), so the mask is decoded here only in the rare case its
 grid cannot decide the keep-background rule. The index also says which photos DALI decodes as
 stored (images.dali_bytes' policy), so no header is read here either. DALI then decodes all three (the mask on the device
 where it can). Everything it returns is a pure function of (seed, epoch, pair index), so it runs
@@ -24,10 +24,10 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from pipeline.augment import read_mask
-from pipeline.images import encode_png, read_rgb
-from pipeline.index import MaskSummary, sample_crop_indexed
-from pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.augment import read_mask
+from giftnet.pipeline.images import encode_png, read_rgb
+from giftnet.pipeline.index import MaskSummary, sample_crop_indexed
+from giftnet.pipeline.pairs import DatasetError, Pair
 
 NUM_OUTPUTS = 7  # composite, real, mask (encoded), anchor (x, y), shape (w, h), flip, index
 LAYOUTS = ["", "", "", "", "", "", ""]

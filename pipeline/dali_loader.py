@@ -1,8 +1,8 @@
 """NVIDIA DALI loaders: JPEG decoding on the GPU (`device="mixed"`) with CUDA, on DALI's CPU threads without.
 
-Design. Training: pipeline.dali_feed.TrainFeed feeds each batch (in DALI worker processes, the
+Design. Training: giftnet.pipeline.dali_feed.TrainFeed feeds each batch (in DALI worker processes, the
 parallel external source, or in this process): the encoded composite, real and mask bytes and the
-crop window and flip, drawn from the dataset index (pipeline.index) without decoding the mask.
+crop window and flip, drawn from the dataset index (giftnet.pipeline.index) without decoding the mask.
 DALI then decodes only the window of each file (fn.decoders.image_slice: ROI decoding; the mask
 too, as 8-bit grayscale), resizes it bilinearly without antialiasing (cv2.INTER_LINEAR, as
 iSSAM), and mirrors, normalises and transposes it to CHW in one fn.crop_mirror_normalize.
@@ -12,9 +12,9 @@ function of (seed, epoch, pair index) so that both backends agree and a resumed 
 exactly. A pipeline is built per epoch() call (~50 ms) over just the batches asked for, so
 resuming at a batch decodes nothing before it.
 
-Decoding policy: pipeline.images, the package's one decoder, decides per file (from its header)
+Decoding policy: giftnet.pipeline.images, the package's one decoder, decides per file (from its header)
 whether DALI may decode the stored bytes (plain 8-bit RGB/gray JPEG and PNG without EXIF rotation:
-DALI gives Pillow's pixels) or gets the file decoded by pipeline.images and re-encoded losslessly
+DALI gives Pillow's pixels) or gets the file decoded by giftnet.pipeline.images and re-encoded losslessly
 (EXIF-rotated, 16-bit, palette, CMYK, alpha, other formats), so both backends see the same pixels.
 
 Decode failures surface as DatasetError naming the file: bytes are read and their headers checked
@@ -37,16 +37,16 @@ import numpy as np
 import torch
 
 from giftnet.imagenet import MEAN_255, STD_255
-from pipeline import images
-from pipeline.augment import (
+from giftnet.pipeline import images
+from giftnet.pipeline.augment import (
     ShardPlan,
     check_same_size,
     image_size,
     read_mask,
 )
-from pipeline.dali_feed import LAYOUTS, NUM_OUTPUTS, TrainFeed
-from pipeline.index import index_pairs
-from pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.dali_feed import LAYOUTS, NUM_OUTPUTS, TrainFeed
+from giftnet.pipeline.index import index_pairs
+from giftnet.pipeline.pairs import DatasetError, Pair
 
 try:
     from nvidia.dali import fn, types
@@ -55,7 +55,7 @@ try:
     from nvidia.dali.pipeline import Pipeline
 
     DALI_IMPORT_ERROR: str | None = None
-except ImportError as _e:  # the trainer falls back to pipeline.torch_loader
+except ImportError as _e:  # the trainer falls back to giftnet.pipeline.torch_loader
     DALI_IMPORT_ERROR = str(_e)
 
 _MEAN_255, _STD_255 = list(MEAN_255), list(STD_255)
@@ -71,8 +71,8 @@ def require_dali() -> None:
 
 
 def _read_bytes(path: Path) -> np.ndarray:
-    """The encoded photo for DALI: as stored when DALI decodes it as pipeline.images does, else
-    decoded by pipeline.images (EXIF rotation, 16-bit scaling, palette, CMYK, ...) and re-encoded
+    """The encoded photo for DALI: as stored when DALI decodes it as giftnet.pipeline.images does, else
+    decoded by giftnet.pipeline.images (EXIF rotation, 16-bit scaling, palette, CMYK, ...) and re-encoded
     losslessly, so both backends see the same pixels. Headers (pixel budget) are checked first."""
     return images.dali_bytes(path)
 
@@ -242,7 +242,7 @@ def _chw(x: object, mirror: object = None, mean: Sequence[float] = (0.0,), std: 
 class DaliTrainLoader:
     """Training batches from a DALI pipeline; see loaders.make_train_loader.
 
-    Fed by pipeline.dali_feed.TrainFeed from the dataset index (pipeline.index, built or refreshed
+    Fed by giftnet.pipeline.dali_feed.TrainFeed from the dataset index (giftnet.pipeline.index, built or refreshed
     here): `feed_processes` DALI worker processes run it (the parallel external source), 0 runs it
     in this process. The default is one process once num_workers >= 2: one feeder process keeps
     up with dozens of decoding cores.
@@ -276,7 +276,7 @@ class DaliTrainLoader:
         return len(self.plan)
 
     def feed(self, epoch: int, batches: Sequence[np.ndarray]) -> TrainFeed:
-        """The external source for `batches` of `epoch` (also what bench.data times alone)."""
+        """The external source for `batches` of `epoch` (also what giftnet.bench.data times alone)."""
         return TrainFeed(self.pairs, self.index.masks, native=self.index.native, crop_size=self.crop_size,
                          seed=self.seed, epoch=epoch, batches=batches)  # fmt: skip
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal, overload
 
 from giftnet.messages import first_n
-from pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.pairs import DatasetError, Pair
 
 SPLITS = ("train", "test")
 COMPOSITE_DIR, MASK_DIR, REAL_DIR = "composite_images", "masks", "real_images"

@@ -12,7 +12,7 @@ Policy, decided from the file's header before any pixel is allocated:
 Masks are float32 in [0, 1] from channel 0 (the iHarmony4 convention, "channel 0 / 255"); an
 alpha-only mask uses its alpha; 16-bit masks are divided by 65535.
 
-Every failure is a DataError (pipeline.pairs.DatasetError) naming the file. Writers go through
+Every failure is a DataError (giftnet.pipeline.pairs.DatasetError) naming the file. Writers go through
 giftnet.fileio.atomic_writer: a failed encode or a full disk leaves an existing file intact.
 """
 

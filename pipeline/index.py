@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from giftnet.fileio import atomic_writer
-from pipeline import images
-from pipeline.augment import (
+from giftnet.pipeline import images
+from giftnet.pipeline.augment import (
     CropParams,
     area_from_sum,
     check_same_size,
@@ -50,8 +50,8 @@ from pipeline.augment import (
     median_foreground,
     read_mask,
 )
-from pipeline.ihd import MASK_DIR
-from pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.ihd import MASK_DIR
+from giftnet.pipeline.pairs import DatasetError, Pair
 
 INDEX_NAME = "giftnet-index.npz"
 FORMAT = 2

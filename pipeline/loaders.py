@@ -1,6 +1,6 @@
 """The trainer's front to the data: training and evaluation loaders, DALI or plain PyTorch.
 
-Both backends take the same `list[Pair]`, draw the same crops (pipeline.augment) and yield the
+Both backends take the same `list[Pair]`, draw the same crops (giftnet.pipeline.augment) and yield the
 same dicts of torch tensors on the training device, so a run can move between them. "auto"
 picks DALI when it imports, else PyTorch (our GPU test machine has no DALI).
 """
@@ -15,10 +15,10 @@ import torch
 from giftnet.choices import BACKENDS
 from giftnet.errors import ConfigError
 from giftnet.messages import first_n
-from pipeline import dali_loader
-from pipeline.dali_loader import DaliEvalLoader, DaliTrainLoader
-from pipeline.pairs import DatasetError, Pair
-from pipeline.torch_loader import TorchEvalLoader, TorchTrainLoader
+from giftnet.pipeline import dali_loader
+from giftnet.pipeline.dali_loader import DaliEvalLoader, DaliTrainLoader
+from giftnet.pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.torch_loader import TorchEvalLoader, TorchTrainLoader
 
 CPU = torch.device("cpu")
 
@@ -85,7 +85,7 @@ def make_train_loader(
     a pure function of (pairs, seed, epoch, rank, world_size, batch_size, crop_size), so
     epoch(e, start_batch=k) yields exactly the batches k, k+1, ... of epoch(e).
     DALI only: `feed_processes` worker processes run its feeder (0: in this process; default one
-    once num_workers >= 2); the dataset index (pipeline.index) is built or refreshed first.
+    once num_workers >= 2); the dataset index (giftnet.pipeline.index) is built or refreshed first.
     """
     _check_positive(batch_size=batch_size, crop_size=crop_size, world_size=world_size)
     if num_workers < 0:

@@ -1,7 +1,7 @@
-"""Plain PyTorch loaders (DataLoader worker processes + pipeline.images, the one decoder).
+"""Plain PyTorch loaders (DataLoader worker processes + giftnet.pipeline.images, the one decoder).
 
 The data benchmark's baseline, and the trainer's fallback where DALI is not installed. Crops and
-flips come from pipeline.augment, so this backend yields the same crops as the DALI one, up to
+flips come from giftnet.pipeline.augment, so this backend yields the same crops as the DALI one, up to
 decoder and resampling rounding. Workers send uint8 images; normalisation happens on the
 training device, which keeps the inter-process and host-to-device copies four times smaller.
 """
@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from giftnet.imagenet import normalise
-from pipeline.augment import (
+from giftnet.pipeline.augment import (
     ShardPlan,
     check_same_size,
     read_mask,
     sample_crop,
 )
-from pipeline.images import read_rgb
-from pipeline.pairs import DatasetError, Pair
-from pipeline.resize import cv2_linear_resize_u8
+from giftnet.pipeline.images import read_rgb
+from giftnet.pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.resize import cv2_linear_resize_u8
 
 _DATASET_ERROR_PREFIX = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
 
@@ -55,7 +55,7 @@ def resize_linear_u8(arr: np.ndarray, size: int) -> torch.Tensor:
 
 
 class TrainSet(Dataset):
-    """Pair `index` of `epoch`, cropped and flipped as pipeline.augment dictates (uint8 images)."""
+    """Pair `index` of `epoch`, cropped and flipped as giftnet.pipeline.augment dictates (uint8 images)."""
 
     def __init__(self, pairs: Sequence[Pair], *, crop_size: int, seed: int) -> None:
         self.pairs = list(pairs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from pipeline.pairs import Pair
+from giftnet.pipeline.pairs import Pair
 
 # Membership keys are the first 8 bytes of the digest as a number in [0, 2**64).
 _SCALE = 2**64

@@ -3,7 +3,7 @@
     python scripts/bundle_photos.py --source PHOTOS [--count 300] [--size 160]
 
 PHOTOS is the Lalonde-Efros folder of the iHarmony4 repository (images/NAME.jpg + masks/NAME.png,
-256x256). Every photo the real-photo recipe holds out for validation (pipeline.builders.synth_sources's
+256x256). Every photo the real-photo recipe holds out for validation (giftnet.pipeline.builders.synth_sources's
 split of that folder) is skipped, so a model trained on the built-in data never saw a recipe
 validation photo; of the rest, `--count` are taken at even steps in name order, downscaled to
 `--size` px (JPEG quality 85, 4:2:0) with their masks (1-bit PNG, nearest). Deterministic.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.builders.synth_sources import folder_photos, split_photos
+from giftnet.pipeline.builders.synth_sources import folder_photos, split_photos
 
 OUT = Path(__file__).resolve().parent.parent / "pipeline" / "data" / "lalonde_efros"
 

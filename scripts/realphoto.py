@@ -6,7 +6,7 @@ PHOTOS holds images/NAME.jpg + masks/NAME.png (your own photos, or the Lalonde-E
 iHarmony4 repository). The command is resumable: run it again with the same arguments and it
 reuses the built dataset and continues the training run where it stopped (train.py --resume).
 
-1. `pipeline.builders.synth` makes composites of both kinds the paper uses from the photos: colour-statistics
+1. `giftnet.pipeline.builders.synth` makes composites of both kinds the paper uses from the photos: colour-statistics
    transfer between objects (iHarmony4 style: Lab statistics, histogram matching, tone changes) and
    illumination transfer through released ccHarmony camera matrices (ccHarmony style). One photo
    in five (by a hash of its name) is held out: those photos give the validation split (the
@@ -54,7 +54,7 @@ def read_recipe(path: Path) -> dict:
 
 
 def build_data(photos: Path, out: Path, spec: dict) -> Path:
-    from pipeline.builders.synth import build_demo_dataset
+    from giftnet.pipeline.builders.synth import build_demo_dataset
 
     return build_demo_dataset(
         out / "data", n_train=spec["n_train"], n_test=spec["n_val"], size=spec["size"], seed=spec.get("seed", 0),
@@ -78,7 +78,7 @@ def train(data: Path, run: Path, fields: dict, extra: list[str]) -> None:
 
 def kinds(data: Path) -> dict[str, str]:
     """Composite file stem -> composite kind (iHarmony4-style or ccHarmony-style), from pairs.csv."""
-    from pipeline.builders.synth import SUBSET
+    from giftnet.pipeline.builders.synth import SUBSET
 
     out = {}
     for row in (data / SUBSET / "pairs.csv").read_text().splitlines()[1:]:
@@ -90,8 +90,8 @@ def kinds(data: Path) -> dict[str, str]:
 def score(data: Path, weights: Path, spec: dict) -> dict:
     """Validation metrics by composite kind and All, for the composites and the model."""
     from giftnet.evaluate import evaluate
+    from giftnet.pipeline.ihd import read_pairs
     from giftnet.weights import load_weights
-    from pipeline.ihd import read_pairs
 
     by_kind = kinds(data)
     pairs = [dataclasses.replace(p, subset=by_kind[p.name]) for p in read_pairs(data, None, "test")]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipeline.augment import CropParams, random_resized_crop
-from pipeline.pairs import Pair
+from giftnet.pipeline.augment import CropParams, random_resized_crop
+from giftnet.pipeline.pairs import Pair
 
 SHIFT = 100  # the composite is the real image plus SHIFT inside the foreground, equal outside
 

@@ -6,9 +6,9 @@ import dataclasses
 
 import torch
 
-from kernels import masked_modconv2d
-from kernels.masked_modconv import masked_modconv2d_reference
-from kernels.testing import make_mask
+from giftnet.kernels import masked_modconv2d
+from giftnet.kernels.masked_modconv import masked_modconv2d_reference
+from giftnet.kernels.testing import make_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,7 +17,7 @@ class Case:
     channels: int
     height: int
     width: int
-    mask: str  # empty, full, soft, hard (random 0/1) or another kernels.testing.MASK_KINDS kind
+    mask: str  # empty, full, soft, hard (random 0/1) or another giftnet.kernels.testing.MASK_KINDS kind
     demodulate: bool
     channels_last: bool
 

@@ -19,9 +19,9 @@ import pytest
 
 pytest.importorskip("triton")
 
-from kernels.aot import SM86_MAX_SHARED
-from kernels.masked_modconv import launch
-from kernels.masked_modconv.aot import aot_specs
+from giftnet.kernels.aot import SM86_MAX_SHARED
+from giftnet.kernels.masked_modconv import launch
+from giftnet.kernels.masked_modconv.aot import aot_specs
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = (86, 90)
@@ -35,9 +35,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 def compile_one(job):
     index, arch, specialized = job
-    from kernels.aot import compile_spec
-    from kernels.masked_modconv.aot import compile_specialized
-    from kernels.masked_modconv.aot import aot_specs
+    from giftnet.kernels.aot import compile_spec
+    from giftnet.kernels.masked_modconv.aot import compile_specialized
+    from giftnet.kernels.masked_modconv.aot import aot_specs
     spec = aot_specs()[index]
     name = spec.name + ("[div16]" if specialized else "")
     try:
@@ -48,7 +48,7 @@ def compile_one(job):
             "stack": r.stack, "local": r.local, "shared": r.shared}
 
 if __name__ == "__main__":
-    from kernels.masked_modconv.aot import aot_specs
+    from giftnet.kernels.masked_modconv.aot import aot_specs
     archs = [int(a) for a in sys.argv[1].split(",")]
     specialized_dtypes = sys.argv[2].split(",")
     jobs = [(i, a, False) for i in range(len(aot_specs())) for a in archs]

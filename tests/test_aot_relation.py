@@ -2,7 +2,7 @@
 
 The interpreter runs the kernels as Python, so it cannot show code that fails to compile,
 spills registers or needs more shared memory than an RTX 3090 block has. This compiles each
-`kernels.relation.aot.aot_specs()` entry ahead of time, in subprocesses without
+`giftnet.kernels.relation.aot.aot_specs()` entry ahead of time, in subprocesses without
 TRITON_INTERPRET (the interpreter replaces the JIT functions), for sm_86 and sm_90 as
 declared, and once more for sm_86 with the pointers, sizes and strides marked multiples of 16,
 as Triton specializes them at launch for the E1-E4 maps (vectorised loads: other code).
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from kernels.aot import SM86_MAX_SHARED
+from giftnet.kernels.aot import SM86_MAX_SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import dataclasses, json, sys
-from kernels import aot
-from kernels.relation.aot import aot_divisible, aot_specs
+from giftnet.kernels import aot
+from giftnet.kernels.relation.aot import aot_divisible, aot_specs
 
 def compile_divisible(spec, arch):
     return aot.compile_spec(dataclasses.replace(spec, divisible=aot_divisible(spec)), arch)
@@ -68,7 +68,7 @@ def _compile_all(tmp_path: Path, parts: int = 2) -> list[dict]:
 
 @pytest.mark.slow
 def test_relation_kernels_compile_for_sm86_and_sm90(tmp_path):
-    from kernels.relation.aot import AOT_LAYOUTS, CONFIGS, DTYPES, LOSS_CHANNELS, LOSS_DTYPES, aot_specs
+    from giftnet.kernels.relation.aot import AOT_LAYOUTS, CONFIGS, DTYPES, LOSS_CHANNELS, LOSS_DTYPES, aot_specs
 
     specs = aot_specs()
     # every feature kernel (map sums, map logits, backward of the loss and of the map) x config x

@@ -1,4 +1,4 @@
-"""pipeline.augment: torchvision's crop sampling, the keep-background rule, determinism, shards."""
+"""giftnet.pipeline.augment: torchvision's crop sampling, the keep-background rule, determinism, shards."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.augment import (
+from giftnet.pipeline.augment import (
     KEEP_BACKGROUND_PROB,
     MAX_ATTEMPTS,
     RATIO,
@@ -19,7 +19,7 @@ from pipeline.augment import (
     sample_crop,
     shard_order,
 )
-from pipeline.pairs import DatasetError
+from giftnet.pipeline.pairs import DatasetError
 
 
 @pytest.mark.parametrize(("height", "width"), [(256, 256), (375, 500), (1000, 31), (31, 1000), (7, 9)])

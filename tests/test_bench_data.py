@@ -1,11 +1,11 @@
-"""bench.data: the feeder / DALI / DataLoader harness runs at its tiny size and reports every figure."""
+"""giftnet.bench.data: the feeder / DALI / DataLoader harness runs at its tiny size and reports every figure."""
 
 import json
 
 import numpy as np
 
-from bench import data
-from pipeline import dali_loader
+from giftnet.bench import data
+from giftnet.pipeline import dali_loader
 
 
 def test_tiny_benchmark_reports_feeder_torch_and_dali(tmp_path):
@@ -42,7 +42,7 @@ def test_without_dali_the_row_is_skipped_not_failed(monkeypatch):
 def test_photos_are_resized_to_the_long_side(tmp_path):
     from PIL import Image
 
-    from bench.data_sets import from_photos
+    from giftnet.bench.data_sets import from_photos
 
     (tmp_path / "p" / "images").mkdir(parents=True)
     (tmp_path / "p" / "masks").mkdir()

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from bench import kernels_modconv
+from giftnet.bench import kernels_modconv
 
 
 def test_tiny_run_writes_every_site_impl_and_mode(tmp_path, capsys):
@@ -30,7 +30,7 @@ def test_tiny_run_writes_every_site_impl_and_mode(tmp_path, capsys):
 
 
 def test_grouped_formulation_matches_the_reference_gradients():
-    from kernels.masked_modconv import masked_modconv2d_reference
+    from giftnet.kernels.masked_modconv import masked_modconv2d_reference
 
     x = torch.randn(2, 5, 6, 7, dtype=torch.float64)
     weight = torch.randn(5, 5, 3, 3, dtype=torch.float64)

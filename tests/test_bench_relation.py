@@ -1,10 +1,10 @@
-"""bench.kernels_relation: the harness runs at its tiny size and reports what it could not time."""
+"""giftnet.bench.kernels_relation: the harness runs at its tiny size and reports what it could not time."""
 
 import json
 
 import torch
 
-from bench import kernels_relation as bench
+from giftnet.bench import kernels_relation as bench
 
 
 def test_tiny_benchmark_rows(tmp_path):
@@ -27,7 +27,7 @@ def test_tiny_benchmark_rows(tmp_path):
 
 
 def test_peak_bandwidth_by_gpu_name():
-    from bench.common import peaks
+    from giftnet.bench.common import peaks
 
     assert peaks("NVIDIA GeForce RTX 3090")["gbps"] == 936.0
     assert peaks("NVIDIA H200")["gbps"] == 4300.0

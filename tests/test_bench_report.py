@@ -1,4 +1,4 @@
-"""bench.report, bench.kernels (the wrapper), bench.gpu_smoke and bench/gpu_check.sh on a CPU machine."""
+"""giftnet.bench.report, giftnet.bench.kernels (the wrapper), giftnet.bench.gpu_smoke and bench/gpu_check.sh on a CPU machine."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import common, gpu_smoke, kernels, report
+from giftnet.bench import common, gpu_smoke, kernels, report
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "gpu_check.sh"
@@ -83,7 +83,7 @@ def test_report_without_gpu_results_says_so(tmp_path):
     readme = report.write_report(csv, tmp_path / "out", tmp_path / "missing.json")
     text = readme.read_text()
     assert "No GPU figures yet" in text and "No GPU kernel measurements" in text
-    assert "run `python -m bench.report --aot`" in text
+    assert "run `python -m giftnet.bench.report --aot`" in text
     assert _is_png(tmp_path / "out" / "kernels_roofline.png")  # the RTX 3090 roof alone
 
 
@@ -106,11 +106,11 @@ def test_add_json_appends_a_benchmark_and_rejects_other_csvs(tmp_path):
 
 
 def test_kernels_wrapper_reports_a_failing_benchmark_and_runs_the_other(monkeypatch):
-    import bench.kernels_relation as rel
+    import giftnet.bench.kernels_relation as rel
 
     fake = [{"level": "E1", "impl": "eager", "ms": 1.0, "gbps": 2.0, "vs_eager": 1.0, "device": "X (no CUDA)"}]
     monkeypatch.setattr(rel, "run", lambda tiny, on_row: on_row([dict(r) for r in fake]))
-    monkeypatch.setitem(kernels.BENCHES, "modconv", "bench.no_such_module")
+    monkeypatch.setitem(kernels.BENCHES, "modconv", "giftnet.bench.no_such_module")
     rows = kernels.run(True)
     assert rows[0]["bench"] == "modconv" and "no_such_module" in rows[0]["error"]
     assert rows[1]["bench"] == "relation" and rows[1]["where"] == "E1" and rows[1]["machine"] == "X (CPU only)"
@@ -118,7 +118,7 @@ def test_kernels_wrapper_reports_a_failing_benchmark_and_runs_the_other(monkeypa
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path of the GPU smoke runner")
 def test_gpu_smoke_checks_pass_and_catch_a_wrong_reference(monkeypatch):
-    import kernels.masked_modconv as mm
+    import giftnet.kernels.masked_modconv as mm
 
     shape = gpu_smoke.AWKWARD[0]  # 1x3x5x7, full mask
     checks = [

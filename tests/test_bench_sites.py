@@ -1,4 +1,4 @@
-"""bench.sites: skippable-tile counting on synthetic masks, and the byte/FLOP model by hand."""
+"""giftnet.bench.sites: skippable-tile counting on synthetic masks, and the byte/FLOP model by hand."""
 
 import importlib
 import zipfile
@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import sites, sites_model
-from bench.sites_masks import iter_masks, mask_statistics, parse_tile, skippable_fraction
-from bench.sites_model import GPUS, Shape, launch_us, modconv_ideal, modconv_traced, modconv_triton, total
-from bench.sites_trace import Launch, trace
+from giftnet.bench import sites, sites_model
+from giftnet.bench.sites_masks import iter_masks, mask_statistics, parse_tile, skippable_fraction
+from giftnet.bench.sites_model import GPUS, Shape, launch_us, modconv_ideal, modconv_traced, modconv_triton, total
+from giftnet.bench.sites_trace import Launch, trace
 from giftnet.errors import DataError, UsageError
 
 TILES = ("8x8", "16x16", "8x32", "3x5", "flat64", "flat7")
@@ -180,10 +180,10 @@ def _optional(module: str, name: str):
 
 
 def test_mirrors_match_the_originals():
-    from bench.sites_mirror import masked_modconv2d_grouped, weight_style_grads_mirror
-    from kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
+    from giftnet.bench.sites_mirror import masked_modconv2d_grouped, weight_style_grads_mirror
+    from giftnet.kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
 
-    original = _optional("kernels.masked_modconv.autograd", "weight_style_grads")
+    original = _optional("giftnet.kernels.masked_modconv.autograd", "weight_style_grads")
     b, c = 2, 8
     corr, w = torch.randn(b, 9, c, c), torch.randn(c, c, 3, 3)
     s = torch.rand(b, c) + 0.5
@@ -197,10 +197,10 @@ def test_mirrors_match_the_originals():
 
 
 def test_glue_counts_match_todays_code():
-    from kernels.masked_modconv import demodulation_coefficients
+    from giftnet.kernels.masked_modconv import demodulation_coefficients
 
-    fwd_pack = _optional("kernels.masked_modconv.launch", "pack_weight_forward")
-    bwd_pack = _optional("kernels.masked_modconv.launch", "pack_weight_transposed")
+    fwd_pack = _optional("giftnet.kernels.masked_modconv.launch", "pack_weight_forward")
+    bwd_pack = _optional("giftnet.kernels.masked_modconv.launch", "pack_weight_transposed")
     w = torch.empty(32, 32, 3, 3, device="meta")
     style = torch.empty(2, 32, device="meta", dtype=torch.bfloat16)
 

@@ -1,4 +1,4 @@
-"""bench.train: the five-configuration training-throughput harness at its tiny CPU size."""
+"""giftnet.bench.train: the five-configuration training-throughput harness at its tiny CPU size."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from bench import train
-from bench.common import read_results
-from pipeline import dali_loader
+from giftnet.bench import train
+from giftnet.bench.common import read_results
+from giftnet.pipeline import dali_loader
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.builders.cc_matching import (
+from giftnet.pipeline.builders.cc_matching import (
     STANDARD_PATCHES,
     apply_polynomial,
     fit_polynomial,
@@ -19,11 +19,11 @@ from pipeline.builders.cc_matching import (
     read_patch_csv,
     transfer,
 )
-from pipeline.builders.ccharmony import main
-from pipeline.check import check_dataset
-from pipeline.ihd import read_pairs
-from pipeline.images import read_mask, read_rgb
-from pipeline.pairs import DatasetError
+from giftnet.pipeline.builders.ccharmony import main
+from giftnet.pipeline.check import check_dataset
+from giftnet.pipeline.ihd import read_pairs
+from giftnet.pipeline.images import read_mask, read_rgb
+from giftnet.pipeline.pairs import DatasetError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ccharmony"
 REPRODUCING = ["8D5U5531", "IMG_0323", "IMG_0610", "SonyA57_0070"]
@@ -184,7 +184,7 @@ def test_builder_with_released_zips_and_matrices_only(tmp_path, capsys):
 
 
 def test_unsafe_zip_members_are_refused(tmp_path):
-    from pipeline.builders.unpack import folder_or_zip
+    from giftnet.pipeline.builders.unpack import folder_or_zip
 
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as z:

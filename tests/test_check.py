@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.check import check_dataset, main, require_valid
-from pipeline.images import read_mask, read_rgb
-from pipeline.pairs import DatasetError
+from giftnet.pipeline.check import check_dataset, main, require_valid
+from giftnet.pipeline.images import read_mask, read_rgb
+from giftnet.pipeline.pairs import DatasetError
 
 H, W = 24, 32
 NAMES = [

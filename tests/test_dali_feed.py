@@ -1,4 +1,4 @@
-"""pipeline.dali_feed: the index-fed DALI graph gives today's crops, in or out of worker processes."""
+"""giftnet.pipeline.dali_feed: the index-fed DALI graph gives today's crops, in or out of worker processes."""
 
 import re
 import shutil
@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import dali_loader, images
-from pipeline.augment import read_mask
-from pipeline.dali_feed import TrainFeed, encode_mask
-from pipeline.loaders import make_train_loader
-from pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline import dali_loader, images
+from giftnet.pipeline.augment import read_mask
+from giftnet.pipeline.dali_feed import TrainFeed, encode_mask
+from giftnet.pipeline.loaders import make_train_loader
+from giftnet.pipeline.pairs import DatasetError, Pair
 from tests.data_helpers import reference_sample_crop, write_triplets
 
 pytestmark = pytest.mark.skipif(

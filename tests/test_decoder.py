@@ -14,10 +14,10 @@ from conftest import png_bytes
 from PIL import Image
 
 from giftnet.errors import DataError
-from pipeline import dali_loader, images
-from pipeline.check import check_dataset
-from pipeline.loaders import make_eval_loader, make_train_loader
-from pipeline.pairs import Pair
+from giftnet.pipeline import dali_loader, images
+from giftnet.pipeline.check import check_dataset
+from giftnet.pipeline.loaders import make_eval_loader, make_train_loader
+from giftnet.pipeline.pairs import Pair
 
 H, W = 24, 40
 needs_dali = pytest.mark.skipif(dali_loader.DALI_IMPORT_ERROR is not None, reason="DALI not importable")

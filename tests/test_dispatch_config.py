@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from giftnet.config import LossConfig, ModelConfig
-from kernels._dispatch import resolve_impl
+from giftnet.kernels._dispatch import resolve_impl
 
 
 def test_auto_takes_the_reference_on_cpu_and_triton_insists(monkeypatch):
@@ -37,7 +37,7 @@ def test_launch_helper_fixed_config_choice_pruning_and_aot_registry(monkeypatch)
     deterministic mode (the first that fits C), else the autotuner; ops register their AOT specs."""
     import triton
 
-    from kernels import _dispatch
+    from giftnet.kernels import _dispatch
 
     narrow = triton.Config({"BLOCK_O": 32}, num_warps=4, num_stages=1)
     wide = triton.Config({"BLOCK_O": 64}, num_warps=8, num_stages=3, maxnreg=128)
@@ -88,8 +88,8 @@ def test_modconv_autotune_keys_bucket_the_image_size_and_configs_fit_the_channel
     """The keys hold C, the layout and log4 of H*W (a new image size seldom re-tunes, the four
     GiftNet map sizes tune apart); pruning leaves no tile wider than C needs."""
     pytest.importorskip("triton")
-    from kernels._dispatch import channel_pruner
-    from kernels.masked_modconv import launch
+    from giftnet.kernels._dispatch import channel_pruner
+    from giftnet.kernels.masked_modconv import launch
 
     for key in (launch.FWD_KEY, launch.CORR_KEY):
         assert "size_bucket" in key and not {"H", "W"} & set(key)

@@ -23,11 +23,11 @@ from giftnet.errors import UsageError
 from giftnet.evaluate import evaluate, format_table, main
 from giftnet.metrics import image_metrics
 from giftnet.model import GiftNet
+from giftnet.pipeline.ihd import read_pairs
+from giftnet.pipeline.resize import cv2_linear_resize_u8
 from giftnet.progress import PlainProgress
 from giftnet.protocols import Protocol
 from giftnet.weights import load_weights, save_weights
-from pipeline.ihd import read_pairs
-from pipeline.resize import cv2_linear_resize_u8
 
 SIZE = 32  # evaluation resolution: a multiple of 8, small for speed
 KEYS = {"mse", "fmse", "psnr", "fpsnr", "fssim", "n"}
@@ -97,7 +97,7 @@ def run(model: nn.Module, pairs, **kw) -> dict:
 
 def direct_composite_rows(pairs, size: int | None = SIZE, **conventions) -> dict[str, dict[str, float]]:
     """The composite row from the files, independently of the loaders: OpenCV's uint8 bilinear
-    (pipeline.resize, checked against OpenCV in test_resize) for images, float bilinear for the mask;
+    (giftnet.pipeline.resize, checked against OpenCV in test_resize) for images, float bilinear for the mask;
     `size` None scores at full resolution."""
 
     def load(path: Path, mode: str) -> torch.Tensor:

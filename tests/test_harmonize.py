@@ -15,8 +15,8 @@ from torch import nn
 from giftnet.config import ModelConfig
 from giftnet.harmonize import harmonize_image, main
 from giftnet.model import GiftNet
+from giftnet.pipeline.pairs import IMAGENET_STD
 from giftnet.weights import save_weights
-from pipeline.pairs import IMAGENET_STD
 
 H, W = 77, 101  # odd, not multiples of 8
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.ihd import BadLine, list_subsets, read_list_lines, read_pairs, split_name
-from pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.ihd import BadLine, list_subsets, read_list_lines, read_pairs, split_name
+from giftnet.pipeline.pairs import DatasetError, Pair
 
 
 def _image(path: Path, value: int, mode: str = "RGB") -> None:

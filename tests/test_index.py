@@ -1,4 +1,4 @@
-"""pipeline.index: the grid decides crops exactly as the full mask does; the index file is kept fresh."""
+"""giftnet.pipeline.index: the grid decides crops exactly as the full mask does; the index file is kept fresh."""
 
 import math
 import os
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import augment, index
-from pipeline.augment import random_resized_crop, sample_crop
-from pipeline.index import (
+from giftnet.pipeline import augment, index
+from giftnet.pipeline.augment import random_resized_crop, sample_crop
+from giftnet.pipeline.index import (
     GRID,
     INDEX_NAME,
     MaskSummary,
@@ -20,7 +20,7 @@ from pipeline.index import (
     sample_crop_indexed,
     stale_entries,
 )
-from pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.pairs import DatasetError, Pair
 from tests.data_helpers import reference_sample_crop
 
 
@@ -203,7 +203,7 @@ def test_non_plain_masks_are_flagged(tmp_path):
 
 
 def test_checker_builds_then_checks_the_index(tmp_path, capsys):
-    from pipeline.check import main
+    from giftnet.pipeline.check import main
 
     pairs = write_subset(tmp_path / "Sub", n=3)
     (tmp_path / "Sub" / "Sub_train.txt").write_text("".join(f"{p.composite.name}\n" for p in pairs))

@@ -1,4 +1,4 @@
-"""pipeline.loaders: both backends align the triplet, shard, resume bit-identically and agree."""
+"""giftnet.pipeline.loaders: both backends align the triplet, shard, resume bit-identically and agree."""
 
 import re
 import shutil
@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline import dali_loader
-from pipeline.loaders import make_eval_loader, make_train_loader, resolve_backend
-from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD, DatasetError, Pair
+from giftnet.pipeline import dali_loader
+from giftnet.pipeline.loaders import make_eval_loader, make_train_loader, resolve_backend
+from giftnet.pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD, DatasetError, Pair
 from tests.data_helpers import SHIFT, write_triplets
 
 HAVE_DALI = dali_loader.DALI_IMPORT_ERROR is None

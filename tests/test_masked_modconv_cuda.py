@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from modconv_cases import Case, assert_matches, make_inputs, run_both
 
-from kernels import masked_modconv2d
-from kernels._dispatch import forced_launch
-from kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
-from kernels.testing import TOLERANCES
+from giftnet.kernels import masked_modconv2d
+from giftnet.kernels._dispatch import forced_launch
+from giftnet.kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
+from giftnet.kernels.testing import TOLERANCES
 
 DEVICE = "cuda"
 GPU_TOLERANCES = TOLERANCES["modconv", "gpu"]
@@ -52,7 +52,7 @@ def test_forward_and_gradients_match_reference(dtype, atol, rtol, case):
 @pytest.mark.parametrize("dtype", list(GPU_TOLERANCES))
 def test_every_autotune_config(dtype):
     """Each config the autotuner may pick is correct, not only the one it picks here."""
-    from kernels.masked_modconv import launch
+    from giftnet.kernels.masked_modconv import launch
 
     atol, rtol = GPU_TOLERANCES[dtype]
     b, c, h, w = 2, 80, 19, 37  # partial tiles in every direction, several chunks of pixels

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels._dispatch import interpreter_enabled
-from kernels.testing import make_mask, modconv_inputs
+from giftnet import kernels
+from giftnet.kernels._dispatch import interpreter_enabled
+from giftnet.kernels.testing import make_mask, modconv_inputs
 
 needs_interpreter = pytest.mark.skipif(
     torch.cuda.is_available() or not interpreter_enabled(), reason="CPU check through Triton's interpreter"
@@ -24,7 +24,7 @@ needs_interpreter = pytest.mark.skipif(
 @needs_interpreter
 @pytest.mark.parametrize("demodulate", [True, False])
 def test_opcheck_masked_modconv(demodulate):
-    from kernels.masked_modconv.autograd import _backward_op, _forward_op
+    from giftnet.kernels.masked_modconv.autograd import _backward_op, _forward_op
 
     t = modconv_inputs(2, 16, 4, 5, "blob", torch.Generator().manual_seed(0))
     x, w, s = (t[k].requires_grad_(True) for k in ("x", "weight", "style"))
@@ -34,7 +34,7 @@ def test_opcheck_masked_modconv(demodulate):
 
 @needs_interpreter
 def test_opcheck_relation_loss():
-    from kernels.relation.autograd import _loss_op
+    from giftnet.kernels.relation.autograd import _loss_op
 
     gen = torch.Generator().manual_seed(1)
     student = torch.randn(2, 16, 4, 5, generator=gen).requires_grad_(True)

@@ -8,7 +8,7 @@ clipped by the image border; (2) a skipped tile really is skipped: fed NaN as th
 input, it still returns the kept tensor exactly, and a live tile does not (so the test fails
 if the skip is lost or if a tile with foreground is skipped).
 
-Small tiles (4x4 pixels) are forced through kernels._dispatch.forced_launch so
+Small tiles (4x4 pixels) are forced through giftnet.kernels._dispatch.forced_launch so
 that images of 5x7 ... 13x11 pixels hold several tiles in both directions.
 """
 
@@ -20,11 +20,11 @@ import torch.nn.functional as F
 import triton
 from modconv_cases import assert_matches
 
-from kernels import masked_modconv2d
-from kernels._dispatch import forced_launch, interpreter_enabled
-from kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
-from kernels.masked_modconv.launch import conv3x3_scale_blend, pack_weight_forward, tap_correlation
-from kernels.testing import make_mask, modconv_inputs, tolerance
+from giftnet.kernels import masked_modconv2d
+from giftnet.kernels._dispatch import forced_launch, interpreter_enabled
+from giftnet.kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
+from giftnet.kernels.masked_modconv.launch import conv3x3_scale_blend, pack_weight_forward, tap_correlation
+from giftnet.kernels.testing import make_mask, modconv_inputs, tolerance
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available() or not interpreter_enabled(),

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 import triton
 from modconv_cases import Case, assert_matches, make_inputs, run_both
 
-import kernels.testing
-from kernels import masked_modconv2d
-from kernels._dispatch import forced_launch, interpreter_enabled
-from kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
+from giftnet import kernels
+from giftnet.kernels import masked_modconv2d
+from giftnet.kernels._dispatch import forced_launch, interpreter_enabled
+from giftnet.kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
 
 TOLERANCES = kernels.testing.TOLERANCES["modconv", "interpreter"]
 
@@ -79,7 +79,7 @@ def test_forward_and_gradients_match_reference(dtype, atol, rtol, case):
 
 def test_small_tiles_cover_several_output_channel_tiles():
     """Forward and input-gradient launches with 2 output-channel tiles and 3 input-channel steps."""
-    from kernels.masked_modconv.launch import conv3x3_scale_blend, pack_weight_forward, pack_weight_transposed
+    from giftnet.kernels.masked_modconv.launch import conv3x3_scale_blend, pack_weight_forward, pack_weight_transposed
 
     x, weight, style, mask, dy = make_inputs(Case(1, 48, 7, 13, "soft", True, False), torch.float32)
     d = demodulation_coefficients(weight, style)
@@ -98,7 +98,7 @@ def test_small_tiles_cover_several_output_channel_tiles():
 
 def test_tap_correlation_with_several_chunks_and_tiles():
     """G summed over 2 row-band chunks (the last one partial), 2x2 channel tiles, vs an unfold formula."""
-    from kernels.masked_modconv.launch import tap_correlation
+    from giftnet.kernels.masked_modconv.launch import tap_correlation
 
     b, c, h, w = 1, 17, 17, 20
     x, _, _, mask, dy = make_inputs(Case(b, c, h, w, "soft", True, True), torch.float32)
@@ -122,7 +122,7 @@ def test_expanded_gradient_mixed_layouts_and_partial_requires_grad():
 
 def test_channels_last_crop_is_read_in_place():
     """A crop of a channels_last map (not contiguous in any format) goes to the kernels as it is."""
-    from kernels.masked_modconv.launch import dense
+    from giftnet.kernels.masked_modconv.launch import dense
 
     x, weight, style, mask, dy = make_inputs(Case(1, 17, 11, 13, "soft", True, True), torch.float32)
     crop = x[:, :, 1:-1, 2:-1]

@@ -91,7 +91,7 @@ def test_empty_mask_gives_finite_metrics():
 
 
 def test_to_255_inverts_imagenet_normalisation_and_clamps():
-    from pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD
+    from giftnet.pipeline.pairs import IMAGENET_MEAN, IMAGENET_STD
 
     img = torch.tensor([0.0, 127.5, 255.0])[None, None, :, None].expand(1, 3, 3, 1) / 255.0
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]

@@ -68,7 +68,7 @@ def test_precision_the_device_cannot_run(tmp_path, capsys, monkeypatch):
 
 
 def test_backend_dali_without_dali(tmp_path, capsys, monkeypatch):
-    import pipeline.dali_loader
+    from giftnet import pipeline
 
     monkeypatch.setattr(pipeline.dali_loader, "DALI_IMPORT_ERROR", "No module named 'nvidia.dali'")
     assert "--backend dali: NVIDIA DALI does not import" in refused(tmp_path, capsys, "--backend", "dali")

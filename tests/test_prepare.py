@@ -1,4 +1,4 @@
-"""pipeline.builders.prepare on a tiny dataset: resized copy, lists, source untouched, resume, refusals."""
+"""giftnet.pipeline.builders.prepare on a tiny dataset: resized copy, lists, source untouched, resume, refusals."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from giftnet.errors import UsageError
-from pipeline.builders.prepare import fit_long_side, main, prepare_dataset
-from pipeline.check import check_dataset
-from pipeline.ihd import read_pairs
+from giftnet.pipeline.builders.prepare import fit_long_side, main, prepare_dataset
+from giftnet.pipeline.check import check_dataset
+from giftnet.pipeline.ihd import read_pairs
 
 MAX_SIDE = 64
 # (subset, real id, height, width): one photo larger than MAX_SIDE, one that fits.

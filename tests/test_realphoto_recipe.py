@@ -65,7 +65,7 @@ def test_recipe_builds_trains_scores_and_resumes(tmp_path):
     assert sum(metrics["model"][k]["n"] for k in kinds) == 6
     assert (out / "run" / "model.safetensors").is_file() and (out / "run" / "teacher.safetensors").is_file()
     # validation photos are whole photos that training never saw
-    from pipeline.ihd import read_pairs
+    from giftnet.pipeline.ihd import read_pairs
 
     train, val = read_pairs(out / "data", None, "train"), read_pairs(out / "data", None, "test")
     assert {p.name.split("-")[0] for p in train}.isdisjoint({p.name.split("-")[0] for p in val})

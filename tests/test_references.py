@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import masked_modconv2d, relation_distill_loss, relation_map
+from giftnet.kernels import masked_modconv2d, relation_distill_loss, relation_map
 
 
 def grouped_modconv(x, weight, style, mask, demodulate=True, eps=1e-8):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels._dispatch import forced_launch
-from kernels.relation import relation_distill_loss_reference, relation_map_reference
-from kernels.relation.autograd import relation_distill_loss_triton, relation_map_triton
-from kernels.relation.launch import CONFIGS
-from kernels.testing import TOLERANCES, make_features, make_mask, tolerance
+from giftnet import kernels
+from giftnet.kernels._dispatch import forced_launch
+from giftnet.kernels.relation import relation_distill_loss_reference, relation_map_reference
+from giftnet.kernels.relation.autograd import relation_distill_loss_triton, relation_map_triton
+from giftnet.kernels.relation.launch import CONFIGS
+from giftnet.kernels.testing import TOLERANCES, make_features, make_mask, tolerance
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

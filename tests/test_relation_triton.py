@@ -11,12 +11,12 @@ import random
 import pytest
 import torch
 
-import kernels
-from kernels._dispatch import forced_launch
-from kernels.relation import relation_distill_loss_reference, relation_map_reference
-from kernels.relation.autograd import relation_distill_loss_triton, relation_map_triton
-from kernels.relation.launch import CONFIGS
-from kernels.testing import make_features, make_mask
+from giftnet import kernels
+from giftnet.kernels._dispatch import forced_launch
+from giftnet.kernels.relation import relation_distill_loss_reference, relation_map_reference
+from giftnet.kernels.relation.autograd import relation_distill_loss_triton, relation_map_triton
+from giftnet.kernels.relation.launch import CONFIGS
+from giftnet.kernels.testing import make_features, make_mask
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 GAMMA = 0.01

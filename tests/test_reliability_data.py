@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from giftnet.pipeline import augment, dali_loader, images
+from giftnet.pipeline.augment import epoch_order
+from giftnet.pipeline.check import check_dataset
+from giftnet.pipeline.ihd import read_pairs
+from giftnet.pipeline.loaders import make_eval_loader, make_train_loader
+from giftnet.pipeline.pairs import Pair
 from giftnet.training.cli import main
-from pipeline import augment, dali_loader, images
-from pipeline.augment import epoch_order
-from pipeline.check import check_dataset
-from pipeline.ihd import read_pairs
-from pipeline.loaders import make_eval_loader, make_train_loader
-from pipeline.pairs import Pair
 
 H, W = 40, 48
 BACKENDS = ["torch", pytest.param("dali", marks=pytest.mark.skipif(dali_loader.DALI_IMPORT_ERROR is not None,
@@ -122,7 +122,7 @@ def test_checker_reports_full_masks_and_blank_lines_with_the_rest(tmp_path):
 
 @pytest.fixture(scope="module")
 def clean_data(tmp_path_factory) -> Path:
-    from pipeline.builders.synth import build_demo_dataset
+    from giftnet.pipeline.builders.synth import build_demo_dataset
 
     return build_demo_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_test=4, size=40, seed=0)
 

@@ -184,7 +184,7 @@ def test_checkpoints_are_checked_before_anything_is_restored(checkpoint, tmp_pat
 
 
 def test_resume_from_a_damaged_checkpoint_is_a_message(tmp_path, capsys):
-    from pipeline.builders.synth import build_demo_dataset
+    from giftnet.pipeline.builders.synth import build_demo_dataset
 
     data = build_demo_dataset(tmp_path / "data", n_train=4, n_test=1, size=40, seed=0)
     run = tmp_path / "run"

@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.masked_modconv import masked_modconv2d_reference
-from kernels.relation import relation_distill_loss_reference, relation_map_reference
-from pipeline.ihd import read_list_file, read_list_lines, split_name
+from giftnet.kernels.masked_modconv import masked_modconv2d_reference
+from giftnet.kernels.relation import relation_distill_loss_reference, relation_map_reference
+from giftnet.pipeline.ihd import read_list_file, read_list_lines, split_name
 
 FAST = settings(max_examples=40, deadline=None)
 

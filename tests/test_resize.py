@@ -1,4 +1,4 @@
-"""pipeline.resize reproduces OpenCV's uint8 INTER_LINEAR exactly (what iSSAM's evaluation resizes with)."""
+"""giftnet.pipeline.resize reproduces OpenCV's uint8 INTER_LINEAR exactly (what iSSAM's evaluation resizes with)."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.resize import cv2_linear_resize_u8
+from giftnet.pipeline.resize import cv2_linear_resize_u8
 
 FIXTURE = Path(__file__).parent / "fixtures" / "resize" / "cv2_inter_linear.npz"
 

@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.builders.cc_matching import transfer
-from pipeline.builders.colour import bundled_matrices, histogram_match, illumination_transfer, lab_transfer, tone_change
-from pipeline.builders.synth import SUBSET, build_demo_dataset, main
-from pipeline.builders.synth_masks import _DRAW, MASK_SHAPES, MAX_AREA, MIN_AREA, random_mask
-from pipeline.check import check_dataset
-from pipeline.ihd import read_pairs, split_name
-from pipeline.images import read_mask, read_rgb
+from giftnet.pipeline.builders.cc_matching import transfer
+from giftnet.pipeline.builders.colour import (
+    bundled_matrices,
+    histogram_match,
+    illumination_transfer,
+    lab_transfer,
+    tone_change,
+)
+from giftnet.pipeline.builders.synth import SUBSET, build_demo_dataset, main
+from giftnet.pipeline.builders.synth_masks import _DRAW, MASK_SHAPES, MAX_AREA, MIN_AREA, random_mask
+from giftnet.pipeline.check import check_dataset
+from giftnet.pipeline.ihd import read_pairs, split_name
+from giftnet.pipeline.images import read_mask, read_rgb
 
 N_TRAIN, N_TEST, SIZE = 10, 4, 48
 
@@ -45,7 +51,7 @@ def test_layout_names_and_counts(demo):
 
 
 def test_region_split_holds_out_pixels_and_many_photos_hold_out_whole_photos():
-    from pipeline.builders.synth_sources import Photo, cut_region, split_photos
+    from giftnet.pipeline.builders.synth_sources import Photo, cut_region, split_photos
 
     image = np.arange(10 * 20).reshape(10, 20)
     train, test = cut_region(image, "train"), cut_region(image, "test")
@@ -199,7 +205,7 @@ def test_cli_refuses_to_overwrite_a_dataset_built_with_other_arguments(tmp_path,
 
 
 def test_built_in_data_is_the_shipped_real_photos(demo):
-    from pipeline.builders.synth_sources import bundled_folder, bundled_photos
+    from giftnet.pipeline.builders.synth_sources import bundled_folder, bundled_photos
 
     folder = bundled_folder()
     photos = bundled_photos()

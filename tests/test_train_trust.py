@@ -22,6 +22,9 @@ from safetensors.torch import load, save_file
 from giftnet.config import ModelConfig
 from giftnet.errors import WeightsError
 from giftnet.model import build_model, build_teacher
+from giftnet.pipeline.augment import epoch_order
+from giftnet.pipeline.ihd import read_pairs
+from giftnet.pipeline.validation import carve_validation
 from giftnet.training import evaluation as evaluation_module
 from giftnet.training import loop
 from giftnet.training import run as run_module
@@ -30,9 +33,6 @@ from giftnet.training.cli import main
 from giftnet.training.config import TrainConfig
 from giftnet.training.evaluation import make_evaluator
 from giftnet.weights import save_weights
-from pipeline.augment import epoch_order
-from pipeline.ihd import read_pairs
-from pipeline.validation import carve_validation
 from tests.train_helpers import (
     ENV,
     ROOT,

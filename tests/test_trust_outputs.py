@@ -19,9 +19,9 @@ from giftnet import evaluate, fileio, harmonize
 from giftnet.config import ModelConfig
 from giftnet.errors import DataError, UsageError
 from giftnet.model import GiftNet
+from giftnet.pipeline import check, images
+from giftnet.pipeline.ihd import read_list_file, read_pairs
 from giftnet.weights import save_weights
-from pipeline import check, images
-from pipeline.ihd import read_list_file, read_pairs
 
 H = W = 16
 
@@ -331,7 +331,7 @@ def test_clis_turn_user_errors_into_exit_2_and_let_bugs_raise(dataset, weights, 
     image, mask = _harmonize_inputs(tmp_path)
     h_argv = ["--image", str(image), "--mask", str(mask), "--weights", str(weights), "--out", str(tmp_path / "o.png")]
     assert check.main([str(dataset), "--workers", "0"]) == 2
-    assert "pipeline.check: error: --workers must be >= 1" in capsys.readouterr().err
+    assert "giftnet.pipeline.check: error: --workers must be >= 1" in capsys.readouterr().err
 
     def bug(*args, **kwargs):
         raise ValueError("an internal bug")

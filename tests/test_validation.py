@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from giftnet.errors import ConfigError
+from giftnet.pipeline.pairs import Pair
+from giftnet.pipeline.validation import carve_validation, held_out, image_key
 from giftnet.training.config import TrainConfig
-from pipeline.pairs import Pair
-from pipeline.validation import carve_validation, held_out, image_key
 
 
 def pairs_of(root: Path, n_images: int, per_image: int = 3) -> list[Pair]:

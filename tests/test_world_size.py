@@ -24,10 +24,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from giftnet.pipeline.augment import epoch_batches
 from giftnet.training.cli import main
 from giftnet.training.config import TrainConfig
 from giftnet.training.loop import Context, build_stage_model
-from pipeline.augment import epoch_batches
 from tests.train_helpers import ENV as HELPER_ENV
 from tests.train_helpers import ROOT, build_tiny_data, free_port
 

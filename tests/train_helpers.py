@@ -35,7 +35,7 @@ def build_tiny_data(
 ) -> Path:
     """The demo dataset at 40 px; without `test_split` no test list (no evaluation: a faster run);
     `with_validation`: 20 train pairs, for VAL_ARGS."""
-    from pipeline.builders.synth import build_demo_dataset
+    from giftnet.pipeline.builders.synth import build_demo_dataset
 
     root = build_demo_dataset(folder, n_train=20 if with_validation else n_train, n_test=n_test, size=40, seed=0)
     if not test_split:

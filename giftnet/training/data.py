@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from giftnet.pipeline.check import check_dataset, require_valid
+from giftnet.pipeline.ihd import read_pairs
+from giftnet.pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.validation import carve_validation
 from giftnet.training import distributed as dist
 from giftnet.training.config import TrainConfig
-from pipeline.check import check_dataset, require_valid
-from pipeline.ihd import read_pairs
-from pipeline.pairs import DatasetError, Pair
-from pipeline.validation import carve_validation
 
 
 def cache_dir() -> Path:
@@ -30,7 +30,7 @@ def data_root(cfg: TrainConfig) -> Path:
     n_train, n_test = cfg.demo_pairs
     root = cache_dir() / f"demo-{cfg.demo_size}px-{n_train}-{n_test}-seed{cfg.seed}"
     if dist.is_main():
-        from pipeline.builders.synth import build_demo_dataset
+        from giftnet.pipeline.builders.synth import build_demo_dataset
 
         build_demo_dataset(root, n_train=n_train, n_test=n_test, size=cfg.demo_size, seed=cfg.seed)
     dist.barrier()
@@ -70,7 +70,7 @@ def load_pairs(cfg: TrainConfig, root: Path, split: str, log) -> list[Pair]:
 
 
 def split_validation(cfg: TrainConfig, root: Path, pairs: list[Pair]) -> tuple[list[Pair], list[Pair]]:
-    """(train, validation) pairs: --val-fraction of the real images held out (pipeline.validation).
+    """(train, validation) pairs: --val-fraction of the real images held out (giftnet.pipeline.validation).
     The same on every rank and every resume; the validation pairs are never trained on."""
     train, val = carve_validation(pairs, cfg.val_fraction)
     if not train:

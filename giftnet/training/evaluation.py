@@ -19,13 +19,13 @@ from rich.console import Console
 from giftnet.evaluate import evaluate, format_table
 from giftnet.metrics import to_255
 from giftnet.model import GiftNet
+from giftnet.pipeline.loaders import make_eval_loader
 from giftnet.protocols import Protocol, settings
 from giftnet.training import distributed as dist
 from giftnet.training.checkpoint import Progress
 from giftnet.training.monitor import now_utc, plot_losses, save_grid
 from giftnet.training.runfolder import BEST_FILE
 from giftnet.weights import save_weights
-from pipeline.loaders import make_eval_loader
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from giftnet.config import LossConfig
 from giftnet.errors import DataError, UsageError, UserError, WeightsError
 from giftnet.losses import total_loss
 from giftnet.model import GiftNet, build_model, build_teacher
+from giftnet.pipeline.loaders import TrainLoader, make_train_loader
 from giftnet.training import distributed as dist
 from giftnet.training.checkpoint import Progress, checkpoint_bytes, load_checkpoint, read_metadata
 from giftnet.training.config import TrainConfig
@@ -30,7 +31,6 @@ from giftnet.training.runfolder import STAGE_ORDER, TEACHER_FILE, RunFolder, che
 from giftnet.training.signals import Signals, StopRequested
 from giftnet.training.syncbn import convert_sync_batchnorm
 from giftnet.weights import load_state_checked, load_weights, read_model_config
-from pipeline.loaders import TrainLoader, make_train_loader
 
 
 class CheckpointWriteError(UserError):
@@ -450,6 +450,6 @@ def stop_on_bad_data(ctx: Context, st: Stage, message: str) -> None:
     checkpoint(ctx, st)
     raise DataError(
         f"{message}\nstopped: checkpoint saved at step {st.progress.step}. Fix or remove the file "
-        "(`python -m pipeline.check DATA` decodes every image and lists all such files, or pass "
+        "(`python -m giftnet.pipeline.check DATA` decodes every image and lists all such files, or pass "
         f"--skip-bad-data), then continue with --resume {ctx.folder.path}"
     )

@@ -17,6 +17,7 @@ import torch
 
 from giftnet.errors import UsageError, WeightsError
 from giftnet.fileio import check_regular_file
+from giftnet.kernels._dispatch import interpreter_enabled, triton_installed
 from giftnet.model import GiftNet, build_teacher
 from giftnet.training.config import TrainConfig
 from giftnet.training.distributed import restart_count
@@ -24,7 +25,6 @@ from giftnet.training.loop import TEACHER_FILE
 from giftnet.training.precision import apex_available, cpu_supports
 from giftnet.training.runfolder import LOCK_FILE, RunFolder
 from giftnet.weights import check_role, load_state_checked, read_model_config
-from kernels._dispatch import interpreter_enabled, triton_installed
 
 
 def preflight(cfg: TrainConfig, *, resume: bool = False) -> torch.device:
@@ -83,7 +83,7 @@ def check_optimizer(kind: str, device: torch.device) -> None:
 def check_backend(backend: str) -> None:
     if backend != "dali":
         return
-    from pipeline.dali_loader import DALI_IMPORT_ERROR
+    from giftnet.pipeline.dali_loader import DALI_IMPORT_ERROR
 
     if DALI_IMPORT_ERROR is not None:
         raise UsageError(f"--backend dali: NVIDIA DALI does not import ({DALI_IMPORT_ERROR}); use auto or torch")

@@ -13,6 +13,7 @@ import torch
 
 from giftnet.errors import UsageError
 from giftnet.model import GiftNet, parameter_breakdown
+from giftnet.pipeline.ihd import list_subsets
 from giftnet.training import distributed as dist
 from giftnet.training.checkpoint import read_metadata, read_progress
 from giftnet.training.config import TrainConfig
@@ -24,7 +25,6 @@ from giftnet.training.runfolder import BEST_FILE, MODEL_FILE, STAGE_ORDER, TEACH
 from giftnet.training.runinfo import run_info
 from giftnet.training.signals import StopRequested
 from giftnet.weights import WeightsError, save_weights
-from pipeline.ihd import list_subsets
 
 # Fields a resumed run may change: they do not change what the run computes.
 FREE_ON_RESUME = frozenset(

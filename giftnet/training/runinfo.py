@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from giftnet.pipeline.loaders import resolve_backend
 from giftnet.training import distributed as dist
 from giftnet.training.monitor import now_utc
-from pipeline.loaders import resolve_backend
 
 LIBRARIES = ("torch", "triton", "numpy", "safetensors", "pillow", "nvidia-dali-cuda120", "nvidia-dali-cpu")
 

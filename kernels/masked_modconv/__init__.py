@@ -6,7 +6,7 @@ One package per kernel op, each with the same files (copy them for a new op):
     __init__.py   the public op: argument checks, `impl=` dispatch, AOT registration
     reference.py  argument checks and the pure-PyTorch reference (what the kernels are tested against)
     jit.py        the @triton.jit kernels
-    launch.py     tile configs (triton.Config) and launchers (kernels._dispatch.launch)
+    launch.py     tile configs (triton.Config) and launchers (giftnet.kernels._dispatch.launch)
     autograd.py   the torch.autograd.Function and the Triton entry point
     aot.py        the ahead-of-time compile specs of every launch
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels._dispatch import register_aot_specs, resolve_impl, triton_installed
-from kernels.masked_modconv.reference import (
+from giftnet.kernels._dispatch import register_aot_specs, resolve_impl, triton_installed
+from giftnet.kernels.masked_modconv.reference import (
     OP,
     check_modconv_args,
     demodulation_coefficients,
@@ -44,14 +44,14 @@ def masked_modconv2d(
     """
     check_modconv_args(x, weight, style, mask)
     if resolve_impl(OP, impl, x, weight, style, mask) == "triton":
-        from kernels.masked_modconv.autograd import masked_modconv2d_triton  # imports triton: only when used
+        from giftnet.kernels.masked_modconv.autograd import masked_modconv2d_triton  # imports triton: only when used
 
         return masked_modconv2d_triton(x, weight, style, mask, demodulate=demodulate, eps=eps)
     return masked_modconv2d_reference(x, weight, style, mask.detach(), demodulate=demodulate, eps=eps)
 
 
 def _aot_specs() -> list:
-    from kernels.masked_modconv.aot import aot_specs
+    from giftnet.kernels.masked_modconv.aot import aot_specs
 
     return aot_specs()
 
@@ -61,4 +61,4 @@ register_aot_specs(OP, _aot_specs)
 if triton_installed():
     # Registers the torch custom ops now, not at the first call: a torch.compile that traces the
     # first call must find them (an import inside a traced function could break the graph).
-    from kernels.masked_modconv import autograd as _autograd  # noqa: F401
+    from giftnet.kernels.masked_modconv import autograd as _autograd  # noqa: F401

@@ -13,8 +13,8 @@ import dataclasses
 
 import torch
 
-from kernels.aot import AotSpec, Resources, compile_spec, config_tag, site_variant
-from kernels.masked_modconv import jit, launch
+from giftnet.kernels.aot import AotSpec, Resources, compile_spec, config_tag, site_variant
+from giftnet.kernels.masked_modconv import jit, launch
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -83,8 +83,8 @@ def aot_specs(layouts: tuple[str, ...] = ("nchw", "channels_last")) -> list[AotS
 
 
 def compile_specialized(spec: AotSpec, arch: int) -> Resources:
-    """Like `kernels.aot.compile_spec`, with the runtime arguments marked divisible by 16
-    (`kernels.aot.site_variant`: all but the autotune key size_bucket).
+    """Like `giftnet.kernels.aot.compile_spec`, with the runtime arguments marked divisible by 16
+    (`giftnet.kernels.aot.site_variant`: all but the autotune key size_bucket).
 
     At the GiftNet sites (C in {32, ..., 256}, H = W in {32, ..., 256}) Triton's launcher
     specializes every pointer and integer argument as 16-divisible, which turns on vectorized,

@@ -2,7 +2,7 @@
 
     y = m * d[b, o] * conv3x3(m * x * s[b, i], W) + (1 - m) * x
 
-Forward: one implicit-GEMM pass (kernels.masked_modconv.jit) with the style applied to the
+Forward: one implicit-GEMM pass (giftnet.kernels.masked_modconv.jit) with the style applied to the
 input tile as it is loaded and the demodulation, mask and blend in the epilogue; per-sample
 weights never exist. Backward: dx with the same kernel on the mirrored, transposed weights;
 dW and dstyle from the per-sample tap correlation G (`tap_correlation`) plus small
@@ -16,14 +16,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.masked_modconv.launch import (
+from giftnet.kernels.masked_modconv.launch import (
     conv3x3_scale_blend,
     dense,
     pack_weight_forward,
     pack_weight_transposed,
     tap_correlation,
 )
-from kernels.masked_modconv.reference import demodulation_coefficients
+from giftnet.kernels.masked_modconv.reference import demodulation_coefficients
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -108,7 +108,7 @@ def masked_modconv2d_triton(
     demodulate: bool = True,
     eps: float = 1e-8,
 ) -> Tensor:
-    """Fused m * conv3x3(m * x, W''_b) + (1 - m) * x; arguments as `kernels.masked_modconv2d`.
+    """Fused m * conv3x3(m * x, W''_b) + (1 - m) * x; arguments as `giftnet.kernels.masked_modconv2d`.
 
     Shapes are validated by the public function; the result has x's dtype and memory format.
     Runs as the custom op torch.ops.giftnet.masked_modconv2d (gradients by its backward op).

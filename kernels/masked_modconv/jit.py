@@ -1,5 +1,5 @@
 """Triton kernels of the masked modulated convolution: the implicit-GEMM conv (forward and dx) and
-the per-sample tap correlation (weight and style gradients). Launchers: kernels.masked_modconv.launch.
+the per-sample tap correlation (weight and style gradients). Launchers: giftnet.kernels.masked_modconv.launch.
 
 One kernel serves the forward pass and the input gradient of the masked modulated convolution:
 

@@ -1,9 +1,9 @@
-"""Tile configs and launchers of the masked modulated convolution's kernels (kernels.masked_modconv.jit).
+"""Tile configs and launchers of the masked modulated convolution's kernels (giftnet.kernels.masked_modconv.jit).
 
 Configs are triton.Config everywhere. The autotuners are pruned by channel count (no channel tile
 wider than C needs: a 64-wide output tile at C = 32 computes zeros), keyed on the channel count
 and the layout only (not H and W: a new image size must not re-tune), and pinned to one config
-in deterministic mode (kernels._dispatch.launch).
+in deterministic mode (giftnet.kernels._dispatch.launch).
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from __future__ import annotations
 import torch
 import triton
 
-from kernels._dispatch import autotuned, forced_param, interpreter_enabled, launch
-from kernels.masked_modconv.jit import conv3x3_scale_blend_kernel, tap_correlation_kernel
+from giftnet.kernels._dispatch import autotuned, forced_param, interpreter_enabled, launch
+from giftnet.kernels.masked_modconv.jit import conv3x3_scale_blend_kernel, tap_correlation_kernel
 
 # GiftNet's sites have C in {32, 64, 128, 256} at 256^2 ... 32^2 pixels: many pixels, few
 # channels. The narrow tile serves C = 32, the middle one C = 64/128, the wide one C = 128/256.
 # Each compiles without spills for sm_86 and sm_90 in fp32/fp16/bf16 and both layouts
 # (tests/test_aot_masked_modconv.py), also when specialized on 16-divisible shapes as at the
 # GiftNet sites; 128x128 tiles spill. No 8-warp config is register-capped (maxnreg, which
-# kernels._dispatch.launch and kernels.aot pass through): at 128 registers per thread, the cap
+# giftnet.kernels._dispatch.launch and giftnet.kernels.aot pass through): at 128 registers per thread, the cap
 # that lets two 8-warp blocks share an SM, the 8-warp conv tile spills 16-128 B of stack in the
 # generic compile (the site-specialized one fits), and the correlation's 32x32 (8x16 pixels)
 # and 128x64 tiles spill 24-264 B even as specialized at the sites.
@@ -32,7 +32,7 @@ FWD_CONFIGS = (
     triton.Config({"BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=8, num_stages=3),
 )
 # Under TRITON_INTERPRET=1 (no autotune) one fixed config; large tiles run fastest there. Tests
-# force small tiles through kernels._dispatch.forced_launch to cover several channel tiles.
+# force small tiles through giftnet.kernels._dispatch.forced_launch to cover several channel tiles.
 FWD_INTERPRETER_CONFIG = triton.Config(
     {"BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=4, num_stages=1
 )
@@ -105,7 +105,7 @@ def conv3x3_scale_blend(
     mask: torch.Tensor,
     res: torch.Tensor,
 ) -> torch.Tensor:
-    """Launch the conv kernel (see kernels.masked_modconv.jit); the result has inp's dtype and memory format."""
+    """Launch the conv kernel (see giftnet.kernels.masked_modconv.jit); the result has inp's dtype and memory format."""
     b, c, h, w = inp.shape
     if wpack.shape != (9, c, c) or wpack.dtype != inp.dtype or not wpack.is_contiguous():
         raise ValueError(f"conv3x3_scale_blend: wpack must be contiguous (9, {c}, {c}) {inp.dtype}")

@@ -4,7 +4,7 @@
     R[i] = softmax_i(-gamma * ||f - F_i||^2)                (over all H*W pixels)
     L    = mean_b sum_i (R_student[b, i] - R_teacher[b, i])^2
 
-Files as in every kernel op package (see kernels.masked_modconv): __init__ (public ops),
+Files as in every kernel op package (see giftnet.kernels.masked_modconv): __init__ (public ops),
 reference, jit, launch, autograd, aot; and the loss's own kernels and launcher, jit_loss and
 launch_loss.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels._dispatch import register_aot_specs, resolve_impl, triton_installed
-from kernels.relation.reference import (
+from giftnet.kernels._dispatch import register_aot_specs, resolve_impl, triton_installed
+from giftnet.kernels.relation.reference import (
     AREA_EPS,
     check_relation_args,
     foreground_mean,
@@ -40,7 +40,7 @@ def relation_map(feat: torch.Tensor, mask: torch.Tensor, *, gamma: float = 0.01,
     """
     check_relation_args("relation_map", feat, mask)
     if resolve_impl("relation_map", impl, feat, mask) == "triton":
-        from kernels.relation.autograd import relation_map_triton  # imports triton: only when used
+        from giftnet.kernels.relation.autograd import relation_map_triton  # imports triton: only when used
 
         return relation_map_triton(feat, mask.detach(), gamma=gamma)
     return relation_map_reference(feat, mask.detach(), gamma=gamma)
@@ -66,14 +66,14 @@ def relation_distill_loss(
     if teacher.device != student.device:
         raise ValueError(f"{op}: teacher is on {teacher.device} but student is on {student.device}")
     if resolve_impl(op, impl, student, teacher, mask) == "triton":
-        from kernels.relation.autograd import relation_distill_loss_triton
+        from giftnet.kernels.relation.autograd import relation_distill_loss_triton
 
         return relation_distill_loss_triton(student, teacher.detach(), mask.detach(), gamma=gamma)
     return relation_distill_loss_reference(student, teacher.detach(), mask.detach(), gamma=gamma)
 
 
 def _aot_specs() -> list:
-    from kernels.relation.aot import aot_specs
+    from giftnet.kernels.relation.aot import aot_specs
 
     return aot_specs()
 
@@ -83,4 +83,4 @@ register_aot_specs("relation", _aot_specs)
 if triton_installed():
     # Registers the torch custom ops now, not at the first call: a torch.compile that traces the
     # first call must find them (an import inside a traced function could break the graph).
-    from kernels.relation import autograd as _autograd  # noqa: F401
+    from giftnet.kernels.relation import autograd as _autograd  # noqa: F401

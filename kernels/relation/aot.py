@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from kernels.aot import AotSpec, site_divisible
-from kernels.relation import jit_loss
-from kernels.relation.jit import _channel_sum_kernel, _grad_kernel, _logits_kernel, _mean_kernel
-from kernels.relation.launch import _TRITON_DTYPE, CONFIGS, DTYPES, MEAN_CONFIG
-from kernels.relation.launch_loss import BLOCK_P, tile_config
+from giftnet.kernels.aot import AotSpec, site_divisible
+from giftnet.kernels.relation import jit_loss
+from giftnet.kernels.relation.jit import _channel_sum_kernel, _grad_kernel, _logits_kernel, _mean_kernel
+from giftnet.kernels.relation.launch import _TRITON_DTYPE, CONFIGS, DTYPES, MEAN_CONFIG
+from giftnet.kernels.relation.launch_loss import BLOCK_P, tile_config
 
 __all__ = ["AOT_LAYOUTS", "CONFIGS", "DTYPES", "LOSS_CHANNELS", "LOSS_DTYPES", "aot_divisible", "aot_specs"]
 
@@ -132,5 +132,5 @@ def aot_specs() -> list[AotSpec]:
 
 
 def aot_divisible(spec: AotSpec) -> tuple[str, ...]:
-    """Arguments of `spec` that are multiples of 16 at E1-E4 sizes (kernels.aot.site_divisible)."""
+    """Arguments of `spec` that are multiples of 16 at E1-E4 sizes (giftnet.kernels.aot.site_divisible)."""
     return site_divisible(spec)

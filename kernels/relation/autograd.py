@@ -1,7 +1,7 @@
 """Autograd of the relation map and the relation-distillation loss, and their Triton entry points.
 
-The map's passes and launchers are in kernels.relation.launch, the loss's five launches in
-kernels.relation.launch_loss and kernels.relation.jit_loss (see their docstrings)."""
+The map's passes and launchers are in giftnet.kernels.relation.launch, the loss's five launches in
+giftnet.kernels.relation.launch_loss and giftnet.kernels.relation.jit_loss (see their docstrings)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import contextlib
 import torch
 from torch.autograd.function import once_differentiable
 
-from kernels._dispatch import interpreter_enabled
-from kernels.relation.launch import (
+from giftnet.kernels._dispatch import interpreter_enabled
+from giftnet.kernels.relation.launch import (
     _Features,
     _features,
     _flat_mask,
     _foreground_means,
     _softmax,
 )
-from kernels.relation.launch_loss import loss_forward
-from kernels.relation.reference import check_relation_args
+from giftnet.kernels.relation.launch_loss import loss_forward
+from giftnet.kernels.relation.reference import check_relation_args
 
 
 class _RelationMap(torch.autograd.Function):
@@ -60,7 +60,7 @@ def _loss_op(
     student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, gamma: float, need_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, terms, q, inv_area, f, g): the loss and, with need_grad, what the backward needs
-    (kernels.relation.launch_loss.loss_forward; else empty). Four launches."""
+    (giftnet.kernels.relation.launch_loss.loss_forward; else empty). Four launches."""
     op = "relation_distill_loss_triton"
     with _on_device(student):
         dtype = torch.promote_types(student.dtype, teacher.dtype)

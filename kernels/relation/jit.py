@@ -5,7 +5,7 @@ b*stride_b + c*stride_c + p*stride_p, which covers NCHW (stride_p = 1) and chann
 (stride_c = 1) alike. Every program of a (B, P) grid owns one sample and one contiguous chunk
 of `chunk` pixels, so a batch of 16 still spreads over the whole GPU; per-sample results
 come out as per-program partials that the launcher combines in a fixed order (deterministic,
-no atomics). Offsets are int64, accumulation fp32. The launchers live in kernels.relation.launch.
+no atomics). Offsets are int64, accumulation fp32. The launchers live in giftnet.kernels.relation.launch.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Per sample, with F the student's and T the teacher's features (B, C, N), m the m
                           R_s and a are kept per pixel
   4. _finalize_kernel     loss = sum of the partials; q; g = sum_i dz_i (F_i - f) = u - q v,
                           exact since dz_i = R_s,i (a_i - q) (the differences stay inside u)
-  5. kernels.relation.jit._grad_kernel with FROM_TERMS: dz = R_s (a - q) on the fly, and
+  5. giftnet.kernels.relation.jit._grad_kernel with FROM_TERMS: dz = R_s (a - q) on the fly, and
      dF_j = 2 gamma s ((m_j / A) g - dz_j (F_j - f)) / B
 Feature passes: student 3 (sums, logits, terms) + 1 in the backward (and the gradient written),
 teacher 2. Every tile spans all channels (CP, the next power of 2 of C), so f lives in registers.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.relation.jit import NEG, _softmax_norm
+from giftnet.kernels.relation.jit import NEG, _softmax_norm
 
 
 @triton.jit

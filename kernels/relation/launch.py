@@ -1,13 +1,13 @@
 """Relation map in Triton (forward and backward), and the feature views and backward launch the loss shares.
 
-Kernels (kernels.relation.jit) over a (B, P) grid, P programs per sample, each on one chunk of
+Kernels (giftnet.kernels.relation.jit) over a (B, P) grid, P programs per sample, each on one chunk of
 pixels; per sample:
   1. masked sums     sum_i m_i F_i, sum_i m_i   -> f = sum / max(area, AREA_EPS)  (+ a tiny combine)
   2. logits          z_i = -gamma ||f - F_i||^2 -> per-program softmax (max, sum of exp); z kept,
                      normalised into the map by torch
   3. backward:       dz from the map, g = sum_i dz_i (F_i - f) (the path through f), then
                      dF_j = 2 gamma ((m_j / A) g - dz_j (F_j - f)) (_grad_kernel)
-The loss has its own five launches (kernels.relation.launch_loss, kernels.relation.jit_loss)
+The loss has its own five launches (giftnet.kernels.relation.launch_loss, giftnet.kernels.relation.jit_loss)
 and shares _grad_kernel, which there forms dz = R_s (a - q) itself (FROM_TERMS). The logits
 cost 4 bytes per pixel and map, the features 2C or 4C. Per-program partials are combined in a
 fixed order: deterministic, no atomics.
@@ -20,14 +20,14 @@ import functools
 import torch
 import triton
 
-from kernels._dispatch import autotuned, forced_param, interpreter_enabled, launch
-from kernels.relation.jit import (
+from giftnet.kernels._dispatch import autotuned, forced_param, interpreter_enabled, launch
+from giftnet.kernels.relation.jit import (
     _channel_sum_kernel,
     _grad_kernel,
     _logits_kernel,
     _mean_kernel,
 )
-from kernels.relation.reference import AREA_EPS
+from giftnet.kernels.relation.reference import AREA_EPS
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -64,7 +64,7 @@ def split_pixels(n: int, batch: int, device: torch.device) -> tuple[int, int]:
     Under the interpreter a sample gets at most three programs (each runs serially on the CPU),
     which still exercises the combination of per-program partials.
     """
-    if forced_param("chunk") is not None:  # tests: kernels._dispatch.forced_launch(chunk=...)
+    if forced_param("chunk") is not None:  # tests: giftnet.kernels._dispatch.forced_launch(chunk=...)
         chunk = forced_param("chunk")
     elif device.type == "cuda":
         per_sample = max(1, triton.cdiv(PROGRAMS_PER_SM * _sm_count(device.index or 0), batch))
@@ -75,7 +75,7 @@ def split_pixels(n: int, batch: int, device: torch.device) -> tuple[int, int]:
 
 
 def _launch(kernel, grid: tuple[int, ...], channels: int, *args, **kwargs) -> None:
-    """Launch a feature-reading kernel over `channels` channels (kernels._dispatch.launch)."""
+    """Launch a feature-reading kernel over `channels` channels (giftnet.kernels._dispatch.launch)."""
     launch(
         kernel, _TUNED[kernel], lambda meta: grid, *args,
         interpreter_config=INTERPRETER_CONFIG, channels=channels, tile_keys=_TILES, **kwargs,

@@ -1,4 +1,4 @@
-"""Launchers of the relation-distillation loss in five launches (kernels.relation.jit_loss).
+"""Launchers of the relation-distillation loss in five launches (giftnet.kernels.relation.jit_loss).
 
 Each tile spans all channels (CP = next power of 2 of C) by BLOCK_N pixels, about 1024
 elements, so one config per channel count: nothing to autotune, the same reduction order on
@@ -10,9 +10,14 @@ from __future__ import annotations
 import torch
 import triton
 
-from kernels.relation.jit_loss import _finalize_kernel, _pair_logits_kernel, _pair_sums_kernel, _pair_terms_kernel
-from kernels.relation.launch import _Features
-from kernels.relation.reference import AREA_EPS
+from giftnet.kernels.relation.jit_loss import (
+    _finalize_kernel,
+    _pair_logits_kernel,
+    _pair_sums_kernel,
+    _pair_terms_kernel,
+)
+from giftnet.kernels.relation.launch import _Features
+from giftnet.kernels.relation.reference import AREA_EPS
 
 TILE_ELEMENTS = 1024  # CP * BLOCK_N per tile, at least 8 pixels (2048 and 4096 spill 8 B in generic compiles)
 BLOCK_P = 32  # per-program partials combined this many at a time

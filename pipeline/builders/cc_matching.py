@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.pairs import DatasetError
+from giftnet.pipeline.pairs import DatasetError
 
 # sRGB ColorChecker 2005 values in the released dataset's patch order (white first).
 STANDARD_PATCHES = np.array(

@@ -1,4 +1,4 @@
-"""`python -m pipeline.builders.ccharmony`: a ccHarmony-style dataset in the iHarmony4 layout from photos,
+"""`python -m giftnet.pipeline.builders.ccharmony`: a ccHarmony-style dataset in the iHarmony4 layout from photos,
 foreground masks and patch CSVs (or the released matrices).
 
 The 350 photos are not in the ccHarmony repository (bcmi/Image-Harmonization-Dataset-ccHarmony,
@@ -28,12 +28,12 @@ from PIL import Image
 
 from giftnet.errors import UsageError, run_cli
 from giftnet.messages import first_n
-from pipeline.builders.cc_matching import load_matrix, matrices_from_patches, read_patch_csv, transfer
-from pipeline.builders.subset_writer import fingerprint, finish_subset, scratch_subset, write_list
-from pipeline.builders.unpack import folder_or_zip
-from pipeline.ihd import COMPOSITE_DIR, MASK_DIR, REAL_DIR, read_list_lines
-from pipeline.images import read_mask, read_rgb, write_jpeg, write_mask
-from pipeline.pairs import DatasetError
+from giftnet.pipeline.builders.cc_matching import load_matrix, matrices_from_patches, read_patch_csv, transfer
+from giftnet.pipeline.builders.subset_writer import fingerprint, finish_subset, scratch_subset, write_list
+from giftnet.pipeline.builders.unpack import folder_or_zip
+from giftnet.pipeline.ihd import COMPOSITE_DIR, MASK_DIR, REAL_DIR, read_list_lines
+from giftnet.pipeline.images import read_mask, read_rgb, write_jpeg, write_mask
+from giftnet.pipeline.pairs import DatasetError
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".JPG", ".JPEG", ".PNG")
 BUILDER_VERSION = 1
@@ -232,7 +232,7 @@ def build_cc_dataset(
     return report
 
 
-PROG = "python -m pipeline.builders.ccharmony"
+PROG = "python -m giftnet.pipeline.builders.ccharmony"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,7 +296,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.builders.ccharmony --photos DIR --masks DIR (--patches DIR | --matrices DIR) --out DIR`."""
+    """`python -m giftnet.pipeline.builders.ccharmony --photos DIR --masks DIR (--patches DIR | --matrices DIR) --out DIR`."""
     args = build_parser().parse_args(argv)
     return run_cli(PROG, lambda: _run(args))
 

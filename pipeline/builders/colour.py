@@ -15,7 +15,7 @@ from importlib import resources
 import numpy as np
 from skimage.color import lab2rgb, rgb2lab
 
-from pipeline.builders.cc_matching import transfer
+from giftnet.pipeline.builders.cc_matching import transfer
 
 CHANGE_KINDS = ("lab_transfer", "histogram", "tone", "illumination")
 
@@ -70,7 +70,7 @@ def tone_change(fg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 @functools.cache
 def bundled_matrices() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Photo name -> (T, T_reverse) of the released ccHarmony matrices shipped with the package."""
-    folder = resources.files("pipeline") / "data" / "ccharmony"
+    folder = resources.files("giftnet.pipeline") / "data" / "ccharmony"
     out = {}
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".npy") and not entry.name.endswith("_reverse.npy"):

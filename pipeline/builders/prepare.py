@@ -1,13 +1,13 @@
-"""`python -m pipeline.builders.prepare`: a resized copy of an iHarmony4-layout dataset (HAdobe5k's 6000 px photos).
+"""`python -m giftnet.pipeline.builders.prepare`: a resized copy of an iHarmony4-layout dataset (HAdobe5k's 6000 px photos).
 
 HAdobe5k's images reach 6000 px on a side; the papers train and test on copies whose long side
 is at most 1024 (iSSAM's LimitLongest1024). This command writes such a copy once, so the loaders
 stop decoding 30-megapixel JPEGs every epoch:
 
-    python -m pipeline.builders.prepare --data /data/iHarmony4 --out /data/iHarmony4-1024 [--subsets HAdobe5k]
+    python -m giftnet.pipeline.builders.prepare --data /data/iHarmony4 --out /data/iHarmony4-1024 [--subsets HAdobe5k]
 
 Each composite, mask and real image whose long side exceeds `--max-side` is resized with
-OpenCV's INTER_LINEAR on uint8 (pipeline.resize: what iSSAM's resize does) and saved as JPEG
+OpenCV's INTER_LINEAR on uint8 (giftnet.pipeline.resize: what iSSAM's resize does) and saved as JPEG
 (quality 95, 4:4:4) or PNG (masks); smaller files are copied byte for byte. The list files are
 copied. The source is only read. Every file is written atomically (giftnet.fileio), so an
 interrupted run leaves whole files only, and running the same command again resumes: files
@@ -30,11 +30,11 @@ from PIL import Image
 
 from giftnet.errors import UsageError, run_cli
 from giftnet.fileio import atomic_write_bytes, atomic_write_text
-from pipeline.ihd import SPLITS, list_subsets, read_pairs, subset_list_file
-from pipeline.images import JPEG_QUALITY, open_image, read_mask, read_rgb
-from pipeline.resize import cv2_linear_resize_u8
+from giftnet.pipeline.ihd import SPLITS, list_subsets, read_pairs, subset_list_file
+from giftnet.pipeline.images import JPEG_QUALITY, open_image, read_mask, read_rgb
+from giftnet.pipeline.resize import cv2_linear_resize_u8
 
-PROG = "python -m pipeline.builders.prepare"
+PROG = "python -m giftnet.pipeline.builders.prepare"
 RECORD = "prepare.json"
 VERSION = 1
 

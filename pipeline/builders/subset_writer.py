@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.ihd import COMPOSITE_DIR, MASK_DIR, REAL_DIR
-from pipeline.pairs import DatasetError
+from giftnet.pipeline.ihd import COMPOSITE_DIR, MASK_DIR, REAL_DIR
+from giftnet.pipeline.pairs import DatasetError
 
 MANIFEST = "manifest.json"
 

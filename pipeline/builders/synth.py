@@ -1,9 +1,9 @@
-"""`python -m pipeline.builders.synth`: a small iHarmony4-layout dataset made from real photos, the demo's default data.
+"""`python -m giftnet.pipeline.builders.synth`: a small iHarmony4-layout dataset made from real photos, the demo's default data.
 
 Each real image is a random crop of a photo (the real photos shipped in pipeline/data/lalonde_efros
 by default, or a folder such as the Lalonde-Efros photos of the iHarmony4 repository); each gets 1-2 object masks (annotated when the folder has them,
 else procedural) and each mask 1-2 composites whose foreground colour is changed by one of the
-iHarmony4 or ccHarmony kinds in pipeline.builders.colour. Composite and real differ only inside the mask;
+iHarmony4 or ccHarmony kinds in giftnet.pipeline.builders.colour. Composite and real differ only inside the mask;
 both are saved as JPEG (quality 95, 4:4:4), so outside the mask they differ only in the 8x8 JPEG
 blocks that touch the mask's edge. Same arguments, same bytes: a finished build is reused.
 """
@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from giftnet.errors import UsageError, run_cli
-from pipeline.builders.colour import CHANGE_KINDS, change_foreground
-from pipeline.builders.subset_writer import (
+from giftnet.pipeline.builders.colour import CHANGE_KINDS, change_foreground
+from giftnet.pipeline.builders.subset_writer import (
     fingerprint,
     finish_subset,
     manifest_complete,
@@ -27,8 +27,8 @@ from pipeline.builders.subset_writer import (
     scratch_subset,
     write_list,
 )
-from pipeline.builders.synth_masks import random_mask
-from pipeline.builders.synth_sources import (
+from giftnet.pipeline.builders.synth_masks import random_mask
+from giftnet.pipeline.builders.synth_sources import (
     Photo,
     bundled_folder,
     bundled_photos,
@@ -37,10 +37,10 @@ from pipeline.builders.synth_sources import (
     source_files,
     split_photos,
 )
-from pipeline.ihd import COMPOSITE_DIR, MASK_DIR, REAL_DIR
-from pipeline.images import JPEG_QUALITY, write_jpeg, write_mask
+from giftnet.pipeline.ihd import COMPOSITE_DIR, MASK_DIR, REAL_DIR
+from giftnet.pipeline.images import JPEG_QUALITY, write_jpeg, write_mask
 
-PROG = "python -m pipeline.builders.synth"
+PROG = "python -m giftnet.pipeline.builders.synth"
 SUBSET = "HSynth"
 SYNTH_VERSION = 3
 FMSE_RANGE = (100.0, 6000.0)  # accepted foreground MSE (0-255 scale); iHarmony4's composites average ~1387
@@ -230,7 +230,7 @@ def _refuse_other_arguments(out: Path, params: dict, overwrite: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: `python -m pipeline.builders.synth --out DIR [--source FOLDER] [--n-train N ...]`."""
+    """Command line: `python -m giftnet.pipeline.builders.synth --out DIR [--source FOLDER] [--n-train N ...]`."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="dataset root to write (HSynth/ inside)")
     parser.add_argument(

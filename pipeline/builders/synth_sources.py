@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.images import read_mask, read_rgb
-from pipeline.pairs import DatasetError
+from giftnet.pipeline.images import read_mask, read_rgb
+from giftnet.pipeline.pairs import DatasetError
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 TEST_EVERY = 5  # one photo group in five goes to the test split
@@ -49,7 +49,7 @@ def bundled_folder() -> Path:
     """The folder of real photos shipped with the package (300 Lalonde-Efros photos, 160 px, with masks)."""
     from importlib import resources
 
-    return Path(str(resources.files("pipeline") / "data" / BUNDLED))
+    return Path(str(resources.files("giftnet.pipeline") / "data" / BUNDLED))
 
 
 def bundled_photos() -> list[Photo]:

@@ -13,7 +13,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from pipeline.pairs import DatasetError
+from giftnet.pipeline.pairs import DatasetError
 
 
 def _safe_members(archive: zipfile.ZipFile, path: Path) -> list[zipfile.ZipInfo]:
