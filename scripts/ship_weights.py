@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             half[name] = h.contiguous()
         else:
             half[name] = t
+    role = meta.setdefault("role", "model")  # files from before roles existed hold a model
+    if role != "model":
+        raise SystemExit(f"{args.weights}: these are {role} weights; ship a harmonization model")
     meta["stored_precision"] = "fp16"
     data = save(half, metadata=meta)
     tmp = args.out.with_suffix(".check.safetensors")

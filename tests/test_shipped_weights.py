@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from giftnet import harmonize
-from giftnet.weights import load_weights, read_model_config
+from giftnet.weights import load_weights, read_model_config, read_role
 
 WEIGHTS = harmonize.shipped_weights()
 pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="no shipped weights in this checkout")
@@ -21,6 +21,7 @@ def test_fp16_small_and_the_full_model():
     assert "torch.float16" in {str(d) for d in dtypes} and "torch.float32" not in {str(d) for d in dtypes}
     cfg = read_model_config(WEIGHTS)
     assert cfg.gift_sites and cfg.base_channels == 32
+    assert read_role(WEIGHTS) == "model"  # no "older version" note for every user of the default
     model = load_weights(WEIGHTS)
     assert all(p.dtype.is_floating_point and str(p.dtype) == "torch.float32" for p in model.parameters())
 
