@@ -24,14 +24,9 @@ from safetensors.torch import load_file
 
 from giftnet.training.runfolder import STAGE_ORDER, RunFolder
 from tests.train_helpers import ENV as HELPER_ENV
-from tests.train_helpers import ROOT, build_tiny_data, free_port
+from tests.train_helpers import ROOT, free_port
 
 ENV = HELPER_ENV | {"GLOO_SOCKET_IFNAME": "lo", "TP_SOCKET_IFNAME": "lo"}  # sockets on the loopback only
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return build_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def torchrun(script: list[str], restarts: int, rdzv: str = "c10d") -> list[str]:

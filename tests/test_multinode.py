@@ -19,16 +19,11 @@ from safetensors.torch import load_file
 
 from giftnet.training.cli import main
 from tests.train_helpers import ENV as HELPER_ENV
-from tests.train_helpers import ROOT, build_tiny_data, free_port
+from tests.train_helpers import ROOT, free_port
 
 # Every socket of the test stays on the loopback interface: the rendezvous endpoint, the address
 # each agent advertises (--local-addr) and gloo's own interface.
 ENV = HELPER_ENV | {"GLOO_SOCKET_IFNAME": "lo", "TP_SOCKET_IFNAME": "lo"}  # sockets on the loopback only
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return build_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def train_args(data: Path, out: Path) -> list[str]:

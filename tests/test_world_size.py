@@ -29,7 +29,7 @@ from giftnet.training.cli import main
 from giftnet.training.config import TrainConfig
 from giftnet.training.loop import Context, build_stage_model
 from tests.train_helpers import ENV as HELPER_ENV
-from tests.train_helpers import ROOT, build_tiny_data, free_port
+from tests.train_helpers import ROOT, free_port
 
 ENV = HELPER_ENV | {"GLOO_SOCKET_IFNAME": "lo", "TP_SOCKET_IFNAME": "lo"}  # sockets on the loopback only
 
@@ -57,11 +57,6 @@ def test_global_batches_do_not_depend_on_the_world_size(num_pairs, world_size):
     # every pair at most once per epoch, and all but num_pairs % global_batch of them
     seen = np.concatenate(single)
     assert len(set(seen.tolist())) == len(seen) == num_pairs - num_pairs % global_batch
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return build_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def train_args(data: Path, out: Path) -> list[str]:

@@ -19,19 +19,24 @@ from giftnet.kernels.masked_modconv import jit, launch
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
+def _strides(sig: dict[str, str], tensors: tuple[str, ...], layout: str) -> dict[str, int]:
+    """Add each tensor's non-unit strides (and the mask's) to `sig` as "i32"; return the unit ones.
+
+    The unit stride (W in NCHW, C in channels_last, W of the mask) is a constexpr 1, as Triton
+    specializes it at launch."""
+    unit = "w" if layout == "nchw" else "c"
+    strides: dict[str, object] = {f"stride_{t}{d}": 1 if d == unit else "i32" for t in tensors for d in "bchw"}
+    strides |= {"stride_mb": "i32", "stride_mh": "i32", "stride_mw": 1}
+    sig |= {k: v for k, v in strides.items() if isinstance(v, str)}
+    return {k: 1 for k, v in strides.items() if v == 1}
+
+
 def _fwd_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
     t = DTYPES[dtype]
     ptr = f"*{t}"
     sig = {"inp_ptr": ptr, "w_ptr": ptr, "scale_in_ptr": "*fp32", "scale_out_ptr": "*fp32"}
     sig |= {"mask_ptr": ptr, "res_ptr": ptr, "out_ptr": ptr, "C": "i32", "H": "i32", "W": "i32", "size_bucket": "i32"}
-    unit = "w" if layout == "nchw" else "c"
-    strides = {}
-    for tensor in ("i", "r", "o"):
-        for dim in "bchw":
-            strides[f"stride_{tensor}{dim}"] = 1 if dim == unit else "i32"
-    strides |= {"stride_mb": "i32", "stride_mh": "i32", "stride_mw": 1}
-    sig |= {k: v for k, v in strides.items() if isinstance(v, str)}  # the non-unit ones, "i32"
-    unit_strides = {k: 1 for k, v in strides.items() if v == 1}
+    unit_strides = _strides(sig, ("i", "r", "o"), layout)
     return [
         AotSpec(
             name=f"conv3x3_scale_blend[{t},{layout},{config_tag(cfg)}]",
@@ -51,14 +56,7 @@ def _corr_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
     ptr = f"*{t}"
     sig = {"dy_ptr": ptr, "x_ptr": ptr, "mask_ptr": ptr, "part_ptr": "*fp32"}
     sig |= {"B": "i32", "C": "i32", "H": "i32", "W": "i32", "size_bucket": "i32", "chunk_rows": "i32"}
-    unit = "w" if layout == "nchw" else "c"
-    strides = {}
-    for tensor in ("d", "x"):
-        for dim in "bchw":
-            strides[f"stride_{tensor}{dim}"] = 1 if dim == unit else "i32"
-    strides |= {"stride_mb": "i32", "stride_mh": "i32", "stride_mw": 1}
-    sig |= {k: v for k, v in strides.items() if isinstance(v, str)}  # the non-unit ones, "i32"
-    unit_strides = {k: 1 for k, v in strides.items() if v == 1}
+    unit_strides = _strides(sig, ("d", "x"), layout)
     return [
         AotSpec(
             name=f"tap_correlation[{t},{layout},{config_tag(cfg)}]",
