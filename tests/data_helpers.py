@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
 from giftnet.pipeline.augment import CropParams, random_resized_crop
 from giftnet.pipeline.pairs import Pair
 
+ROOT = Path(__file__).resolve().parent.parent
 SHIFT = 100  # the composite is the real image plus SHIFT inside the foreground, equal outside
 
 
@@ -62,3 +66,37 @@ def reference_sample_crop(mask, *, crop_size, seed, epoch, index):
         top = min(max(y - h // 2, 0), mask.shape[0] - h)
         left = min(max(x - w // 2, 0), mask.shape[1] - w)
     return CropParams(top, left, h, w, flip)
+
+
+def write_object_photos(folder: Path, n: int = 24) -> Path:
+    """n photos with masks (>= 20: the split holds out whole photos): smooth colour fields, each
+    with one elliptic object of another colour."""
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    yy, xx = np.mgrid[0:48, 0:48] / 48.0
+    for i in range(n):
+        base = rng.uniform(40, 200, 3) + 40 * np.stack([xx, yy, xx * yy], -1)
+        cy, cx, ry, rx = (
+            rng.uniform(0.35, 0.65),
+            rng.uniform(0.35, 0.65),
+            rng.uniform(0.15, 0.3),
+            rng.uniform(0.15, 0.3),
+        )
+        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        image = np.where(mask[..., None], rng.uniform(30, 230, 3) + 30 * yy[..., None], base)
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / "images" / f"p{i:02d}.jpg", quality=95)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "masks" / f"p{i:02d}.png")
+    return folder
+
+
+def tiny_recipe(path: Path) -> Path:
+    """configs/realphoto.json shrunk to seconds: 8 + 6 composites of 32 px, one epoch per stage."""
+    recipe = json.loads((ROOT / "configs" / "realphoto.json").read_text())
+    recipe["data"] |= {"n_train": 8, "n_val": 6, "size": 32}
+    recipe["train"] |= {"epochs": 1, "teacher_epochs": 1, "batch_size": 4, "crop_size": 16, "eval_size": 16,
+                        "workers": 0, "log_every": 1, "ckpt_every": 1,
+                        "model": {"base_channels": 8}}  # fmt: skip
+    recipe["eval"] = {"size": 32, "batch_size": 4}
+    path.write_text(json.dumps(recipe))
+    return path

@@ -8,44 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from data_helpers import tiny_recipe, write_object_photos
 
 ROOT = Path(__file__).resolve().parent.parent
-N_PHOTOS = 24  # >= 20: the split holds out whole photos
-
-
-def _photos(folder: Path) -> Path:
-    """Smooth colour fields, each with one elliptic object of another colour and its mask."""
-    rng = np.random.default_rng(0)
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    yy, xx = np.mgrid[0:48, 0:48] / 48.0
-    for i in range(N_PHOTOS):
-        base = rng.uniform(40, 200, 3) + 40 * np.stack([xx, yy, xx * yy], -1)
-        cy, cx, ry, rx = (
-            rng.uniform(0.35, 0.65),
-            rng.uniform(0.35, 0.65),
-            rng.uniform(0.15, 0.3),
-            rng.uniform(0.15, 0.3),
-        )
-        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
-        image = np.where(mask[..., None], rng.uniform(30, 230, 3) + 30 * yy[..., None], base)
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / "images" / f"p{i:02d}.jpg", quality=95)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "masks" / f"p{i:02d}.png")
-    return folder
-
-
-def _recipe(path: Path) -> Path:
-    recipe = json.loads((ROOT / "configs" / "realphoto.json").read_text())
-    recipe["data"] |= {"n_train": 8, "n_val": 6, "size": 32}
-    recipe["train"] |= {"epochs": 1, "teacher_epochs": 1, "batch_size": 4, "crop_size": 16, "eval_size": 16,
-                        "workers": 0, "log_every": 1, "ckpt_every": 1,
-                        "model": {"base_channels": 8}}  # fmt: skip
-    recipe["eval"] = {"size": 32, "batch_size": 4}
-    path.write_text(json.dumps(recipe))
-    return path
 
 
 def _run(photos: Path, out: Path, config: Path) -> subprocess.CompletedProcess:
@@ -55,7 +21,11 @@ def _run(photos: Path, out: Path, config: Path) -> subprocess.CompletedProcess:
 
 
 def test_recipe_builds_trains_scores_and_resumes(tmp_path):
-    photos, out, config = _photos(tmp_path / "photos"), tmp_path / "recipe", _recipe(tmp_path / "recipe.json")
+    photos, out, config = (
+        write_object_photos(tmp_path / "photos"),
+        tmp_path / "recipe",
+        tiny_recipe(tmp_path / "recipe.json"),
+    )
     first = _run(photos, out, config)
     assert first.returncode == 0, first.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

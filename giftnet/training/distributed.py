@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
+import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
 from giftnet.errors import UsageError
+from giftnet.training.signals import StopRequested
+
+POLL_SECONDS = 0.25  # how often a waiting rank looks for a signal
 
 
 def init(device_kind: str = "auto") -> torch.device:
@@ -78,26 +84,73 @@ class Agreement:
     same step boundary, with the collectives still in lockstep, and rank 0 can save a checkpoint,
     instead of the healthy ranks waiting in the gradient all-reduce until the collective timeout.
     A single process agrees with itself at no cost.
+
+    A rank waiting for its peers still notices a signal: `stopping()` is polled while it waits, and
+    when peers stay silent for `grace` seconds after the signal (they died: torchrun then SIGTERMs
+    the survivors and SIGKILLs them 30 s later) the rank stops at once with StopRequested, its last
+    checkpoint current, instead of blocking in the store until the kill.
     """
 
-    def __init__(self, tag: str) -> None:
+    def __init__(
+        self,
+        tag: str,
+        *,
+        stopping: Callable[[], int | None] = lambda: None,  # the stop signal that arrived, if any
+        grace: float = 10.0,
+        store: dist.Store | None = None,
+        ranks: tuple[int, int] | None = None,  # (rank, world size); default the process group's
+    ) -> None:
         # The default store is this torchrun attempt's (see attempt_store): a restarted group
         # never reads the dead group's rounds.
         self.tag, self.round = tag, 0
-        self.store = _default_store() if world_size() > 1 else None
+        self.rank, self.world = ranks if ranks is not None else (rank(), world_size())
+        self.store = store if store is not None else (_default_store() if self.world > 1 else None)
+        self.stopping, self.grace = stopping, grace
 
     def __call__(self, status: str) -> list[str]:
         if self.store is None:
             return [status]
-        keys = [f"giftnet/{self.tag}/{self.round}/{r}" for r in range(world_size())]
-        self.store.set(keys[rank()], status)
-        self.store.wait(keys)
+        keys = [f"giftnet/{self.tag}/{self.round}/{r}" for r in range(self.world)]
+        self.store.set(keys[self.rank], status)
+        self._wait(keys)
         statuses = [v.decode() for v in self.store.multi_get(keys)]
-        if rank() == 0 and self.round:  # every rank has read the previous round: it posted this one
-            for r in range(world_size()):
+        if self.rank == 0 and self.round:  # every rank has read the previous round: it posted this one
+            for r in range(self.world):
                 self.store.delete_key(f"giftnet/{self.tag}/{self.round - 1}/{r}")
         self.round += 1
         return statuses
+
+    def _wait(self, keys: list[str]) -> None:
+        """store.wait, in a helper thread when the keys are not all there yet: a blocking wait in the
+        main thread would hold off Python's signal handlers until the store's 30-minute timeout."""
+        store = self.store
+        assert store is not None
+        if store.check(keys):
+            return
+        done, failure = threading.Event(), []
+
+        def wait() -> None:
+            try:
+                store.wait(keys)
+            except Exception as exc:  # re-raised in the main thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=wait, name="giftnet-agreement", daemon=True).start()
+        signalled, signum = None, None
+        while not done.wait(POLL_SECONDS):
+            if signalled is None and (signum := self.stopping()) is not None:
+                signalled = time.monotonic()
+            if signalled is not None and time.monotonic() - signalled > self.grace:
+                # (the store's client is busy with the waiting thread: nothing more is asked of it)
+                raise StopRequested(
+                    signum,
+                    f"rank {self.rank}: a signal arrived while waiting for the other ranks, and they did not "
+                    f"reach the next step within {self.grace:g} s; the last checkpoint is kept",
+                )
+        if failure:
+            raise failure[0]
 
 
 def _default_store() -> dist.Store:

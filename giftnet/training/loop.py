@@ -89,7 +89,7 @@ class Stage:
 def train_stage(ctx: Context, name: str, train_pairs: list, teacher: GiftNet | None) -> tuple[GiftNet, Progress]:
     """Train one branch to the end of its epochs; return the (unwrapped, eval-mode) model and its progress."""
     st = build_stage(ctx, name, train_pairs, teacher)
-    agree = dist.Agreement(name)
+    agree = dist.Agreement(name, stopping=lambda: ctx.signals.stop_signal)
     window = LogWindow(ctx.device)
     try:
         # --- a resumed run first finishes the evaluation its checkpoint was waiting for ---------
