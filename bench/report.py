@@ -100,6 +100,10 @@ def _roof(ax, np, peak: dict, style: str) -> None:
     )
 
 
+COLOURS = {"triton": "#c44e52", "triton-cl": "#dd8452", "compile": "#55a868", "eager": "#4c72b0"}
+OTHER = "#8c8c8c"
+
+
 def roofline_png(gpu_runs: list[tuple[tuple, dict]], path: Path) -> str:
     """Roofline of the modulated convolution and bandwidth bars of the relation loss; returns a caption."""
     plt = _pyplot()
@@ -109,13 +113,27 @@ def roofline_png(gpu_runs: list[tuple[tuple, dict]], path: Path) -> str:
 
     machine = gpu_runs[0][0][0] if gpu_runs else None
     own = peaks(machine) if machine else None
+    own = own if own is not RTX3090 else None  # a second (dashed) roof only for another GPU
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    _roof(ax, np, RTX3090, "-")
-    if own and own is not RTX3090:
-        _roof(ax, np, own, "--")
-    colours = {"triton": "#c44e52", "triton-cl": "#dd8452", "compile": "#55a868", "eager": "#4c72b0"}
-    levels: list = []
+    points, relation, levels = _fwd_bwd_figures(gpu_runs, machine)
+    _modconv_axes(ax, np, points, own)
+    _relation_axes(bx, relation, levels, own)
+    if not machine:
+        for axis in (ax, bx):
+            axis.text(0.5, 0.5, "no GPU measurements yet", transform=axis.transAxes, ha="center")
+    fig.suptitle(f"Kernel roofline: points from {machine or 'no GPU yet'}; solid roof RTX 3090 (spec)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return _roofline_caption(gpu_runs, machine, own)
+
+
+def _fwd_bwd_figures(gpu_runs: list[tuple[tuple, dict]], machine: str | None) -> tuple[list, dict, list[str]]:
+    """The fwd+bwd figures of `machine`: modconv points (site, impl, FLOP/byte, TFLOP/s) and the
+    relation loss's GB/s by impl and level (levels in the order they were measured)."""
+    points: list[tuple[str, str, float, float]] = []
     relation: defaultdict[str, dict] = defaultdict(dict)
+    levels: list[str] = []
     for key, configs in gpu_runs:
         if key[0] != machine:
             continue
@@ -124,12 +142,20 @@ def roofline_png(gpu_runs: list[tuple[tuple, dict]], path: Path) -> str:
             if mode != "fwd+bwd" or "gbps" not in fig_:
                 continue
             if key[3] == "kernels_modconv" and fig_.get("tflops"):
-                x = fig_["tflops"] * 1e3 / fig_["gbps"]
-                ax.scatter(x, fig_["tflops"], color=colours.get(impl, "#8c8c8c"), label=impl, zorder=3)
-                ax.annotate(where, (x, fig_["tflops"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                points.append((where, impl, fig_["tflops"] * 1e3 / fig_["gbps"], fig_["tflops"]))
             elif key[3] == "kernels_relation":
-                levels += [where] if where not in levels else []
                 relation[impl][where] = fig_["gbps"]
+                levels += [where] if where not in levels else []
+    return points, relation, levels
+
+
+def _modconv_axes(ax, np, points: list, own: dict | None) -> None:
+    _roof(ax, np, RTX3090, "-")
+    if own:
+        _roof(ax, np, own, "--")
+    for where, impl, x, tflops in points:
+        ax.scatter(x, tflops, color=COLOURS.get(impl, OTHER), label=impl, zorder=3)
+        ax.annotate(where, (x, tflops), fontsize=7, xytext=(3, 3), textcoords="offset points")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
@@ -140,35 +166,33 @@ def roofline_png(gpu_runs: list[tuple[tuple, dict]], path: Path) -> str:
         ylabel="TFLOP/s",
         title="masked modulated conv, fwd+bwd",
     )
+
+
+def _relation_axes(bx, relation: dict[str, dict], levels: list[str], own: dict | None) -> None:
     width = 0.8 / max(1, len(relation))
     for i, (impl, by_level) in enumerate(relation.items()):
         xs = [levels.index(lv) + i * width for lv in by_level]
-        bx.bar(xs, list(by_level.values()), width, label=impl, color=colours.get(impl, "#8c8c8c"))
+        bx.bar(xs, list(by_level.values()), width, label=impl, color=COLOURS.get(impl, OTHER))
     bx.axhline(RTX3090["gbps"], color="black", lw=1.2, label="RTX 3090 936 GB/s (spec)")
-    if own and own is not RTX3090:
+    if own:
         bx.axhline(own["gbps"], color="black", ls="--", lw=1.2, label=f"{own['name']} {own['gbps']:.0f} GB/s")
     bx.set_xticks([i + 0.4 - width / 2 for i in range(len(levels))], levels)
     bx.set(ylabel="effective GB/s", title="relation-distillation loss, fwd+bwd (bandwidth-bound)")
     bx.set_ylim(bottom=0, top=1.1 * max([own["gbps"] if own else 0.0, RTX3090["gbps"]]))
     bx.legend(fontsize=7)
-    if machine:
-        caption = (
-            f"Points measured on **{machine}** (git `{gpu_runs[0][0][1]}`, {gpu_runs[0][0][2]}). "
-            "The RTX 3090 roof is drawn from its specification (docs/kernels.md, Rooflines)"
-            + ("; the dashed roof is the measuring GPU's." if own and own is not RTX3090 else ".")
-        )
-    else:
-        caption = (
+
+
+def _roofline_caption(gpu_runs: list[tuple[tuple, dict]], machine: str | None, own: dict | None) -> str:
+    if not machine:
+        return (
             "No GPU kernel measurements in the results yet (CPU runs are harness smoke tests and are not "
             "plotted): only the RTX 3090's roof from its specification is drawn."
         )
-        for axis in (ax, bx):
-            axis.text(0.5, 0.5, "no GPU measurements yet", transform=axis.transAxes, ha="center")
-    fig.suptitle(f"Kernel roofline: points from {machine or 'no GPU yet'}; solid roof RTX 3090 (spec)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return caption
+    return (
+        f"Points measured on **{machine}** (git `{gpu_runs[0][0][1]}`, {gpu_runs[0][0][2]}). "
+        "The RTX 3090 roof is drawn from its specification (docs/kernels.md, Rooflines)"
+        + ("; the dashed roof is the measuring GPU's." if own else ".")
+    )
 
 
 def add_json(kind: str, path: Path, results: Path) -> None:

@@ -187,31 +187,15 @@ def build_cc_dataset(
     fgs, missing = _foregrounds(Path(masks), photos_by_name)
     report = BuildReport(Path(out), missing=missing)
     colour_files, mats = _colours(Path(patches) if patches else None, Path(matrices) if matrices else None)
-    have_patches = sorted(mats)
     train = {s for _, s in read_list_lines(Path(train_list))} if train_list else None
     test = {s for _, s in read_list_lines(Path(test_list))} if test_list else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lists: dict[str, list[str]] = {"train": [], "test": []}
-    records = ["composite,photo,foreground,target_photo,split"]
     with scratch_subset(out, subset) as scratch:
-        for index, (fg, photo, mask_path) in enumerate(fgs):
-            split = _split_of(fg, photo, train, test)
-            if split is None:
-                report.skipped += 1
-                continue
-            if photo not in mats:
-                raise DatasetError(f"{colour_files[0].parent}: no colours for photo {photo!r} of mask {mask_path}")
-            rng = np.random.default_rng([seed, index])
-            others = [n for n in have_patches if n != photo]
-            picks = rng.choice(len(others), size=min(per_foreground, len(others)), replace=False)
-            targets = [others[int(i)] for i in sorted(picks)]
-            real = _load_photo(photos_by_name[photo], max_side)
-            names = _write_foreground(scratch, real, photo, fg, mask_path, mats, targets)
-            lists[split] += names
-            report.built += 1
-            report.composites += len(names)
-            records += [f"{n},{photo},{fg},{t},{split}" for n, t in zip(names, targets, strict=True)]
+        lists, records = _write_composites(
+            scratch, fgs, photos_by_name, mats, colour_files, report,
+            train=train, test=test, per_foreground=per_foreground, max_side=max_side, seed=seed,
+        )  # fmt: skip
         if not lists["train"] and not lists["test"]:
             raise DatasetError(f"{masks}: no foreground belongs to the train or test list")
         for split, names in lists.items():
@@ -230,6 +214,45 @@ def build_cc_dataset(
         }
         finish_subset(scratch, out / subset, params)
     return report
+
+
+def _write_composites(
+    scratch: Path,
+    fgs: list,
+    photos_by_name: dict[str, Path],
+    mats: dict,
+    colour_files: list[Path],
+    report: BuildReport,
+    *,
+    train: set[str] | None,
+    test: set[str] | None,
+    per_foreground: int,
+    max_side: int | None,
+    seed: int,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Every foreground's composites toward `per_foreground` other photos' colours: the split
+    lists and the pairs.csv records. Foreground `index`'s targets depend on (seed, index) only."""
+    lists: dict[str, list[str]] = {"train": [], "test": []}
+    records = ["composite,photo,foreground,target_photo,split"]
+    have_patches = sorted(mats)
+    for index, (fg, photo, mask_path) in enumerate(fgs):
+        split = _split_of(fg, photo, train, test)
+        if split is None:
+            report.skipped += 1
+            continue
+        if photo not in mats:
+            raise DatasetError(f"{colour_files[0].parent}: no colours for photo {photo!r} of mask {mask_path}")
+        rng = np.random.default_rng([seed, index])
+        others = [n for n in have_patches if n != photo]
+        picks = rng.choice(len(others), size=min(per_foreground, len(others)), replace=False)
+        targets = [others[int(i)] for i in sorted(picks)]
+        real = _load_photo(photos_by_name[photo], max_side)
+        names = _write_foreground(scratch, real, photo, fg, mask_path, mats, targets)
+        lists[split] += names
+        report.built += 1
+        report.composites += len(names)
+        records += [f"{n},{photo},{fg},{t},{split}" for n, t in zip(names, targets, strict=True)]
+    return lists, records
 
 
 PROG = "python -m giftnet.pipeline.builders.ccharmony"
