@@ -23,8 +23,9 @@ from giftnet.model import build_model, build_teacher
 from giftnet.pipeline import dali_loader
 from giftnet.pipeline.loaders import make_train_loader
 from giftnet.training.config import TrainConfig
-from giftnet.training.loop import Context, prepare, train_step
+from giftnet.training.loop import train_step
 from giftnet.training.precision import cpu_supports, make_optimizer, make_scaler, resolve_precision
+from giftnet.training.stage import Context, prepare
 
 
 class _Spec(TypedDict):

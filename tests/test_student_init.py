@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from giftnet.config import ModelConfig
 from giftnet.model import build_model, build_teacher
 from giftnet.training.cli import main
-from giftnet.training.loop import copy_backbone
+from giftnet.training.stage import copy_backbone
 from tests.train_helpers import build_tiny_data, train_args
 
 

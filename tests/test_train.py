@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from giftnet.training.cli import main
 from giftnet.training.config import TrainConfig
-from giftnet.training.loop import Context, build_stage_model
 from giftnet.training.precision import cpu_supports
+from giftnet.training.stage import Context, build_stage_model
 from tests.train_helpers import (
     ENV,
     ROOT,

@@ -26,7 +26,7 @@ from giftnet.pipeline.augment import epoch_order
 from giftnet.pipeline.ihd import read_pairs
 from giftnet.pipeline.validation import carve_validation
 from giftnet.training import evaluation as evaluation_module
-from giftnet.training import loop
+from giftnet.training import loop, stage
 from giftnet.training import run as run_module
 from giftnet.training.checkpoint import Progress, checkpoint_bytes, load_checkpoint, read_metadata, read_progress
 from giftnet.training.cli import main
@@ -85,7 +85,7 @@ def rng_states() -> tuple:
 def test_an_evaluation_leaves_parameters_buffers_and_random_streams_untouched(tiny_data, tmp_path):
     cfg = TrainConfig(out=str(tmp_path / "run"), eval_size=32, eval_batch_size=4, backend="torch", workers=0,
                       model=ModelConfig(base_channels=8))  # fmt: skip
-    ctx = loop.Context(cfg, torch.device("cpu"))
+    ctx = stage.Context(cfg, torch.device("cpu"))
     model = build_model(cfg.model).train()
     model(torch.randn(2, 3, 32, 32), torch.ones(2, 1, 32, 32))  # running stats away from their init
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -153,7 +153,7 @@ def test_best_model_is_selected_on_validation_images_that_are_never_trained_on(
     tiny_data, tmp_path, monkeypatch, capsys
 ):
     trained, scored = [], []
-    real_loader, real_evaluate = loop.make_train_loader, evaluation_module.evaluate
+    real_loader, real_evaluate = stage.make_train_loader, evaluation_module.evaluate
 
     def spy_loader(pairs, **kw):
         trained.append(list(pairs))
@@ -163,7 +163,7 @@ def test_best_model_is_selected_on_validation_images_that_are_never_trained_on(
         scored.append((kw["description"].split()[0], list(pairs)))
         return real_evaluate(model, pairs, **kw)
 
-    monkeypatch.setattr(loop, "make_train_loader", spy_loader)
+    monkeypatch.setattr(stage, "make_train_loader", spy_loader)
     monkeypatch.setattr(evaluation_module, "evaluate", spy_evaluate)
     out = tmp_path / "val"
     assert main(train_args(tiny_data, out, "--epochs", "1")) == 0
@@ -211,7 +211,7 @@ def test_no_distillation_trains_no_reconstruction_branch_and_runs_no_teacher(tin
         raise AssertionError("a teacher was loaded or built")
 
     monkeypatch.setattr(run_module, "load_teacher", no_teacher)
-    monkeypatch.setattr(loop, "build_teacher", no_teacher)
+    monkeypatch.setattr(stage, "build_teacher", no_teacher)
     out = tmp_path / "none"
     assert main(train_args(tiny_data, out, "--distill", "none", "--epochs", "1")) == 0
     text = capsys.readouterr().out

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from giftnet.pipeline.augment import epoch_batches
 from giftnet.training.cli import main
 from giftnet.training.config import TrainConfig
-from giftnet.training.loop import Context, build_stage_model
+from giftnet.training.stage import Context, build_stage_model
 from tests.train_helpers import ENV as HELPER_ENV
 from tests.train_helpers import ROOT, free_port
 

@@ -21,9 +21,8 @@ from giftnet.kernels._dispatch import interpreter_enabled, triton_installed
 from giftnet.model import GiftNet, build_teacher
 from giftnet.training.config import TrainConfig
 from giftnet.training.distributed import restart_count
-from giftnet.training.loop import TEACHER_FILE
 from giftnet.training.precision import apex_available, cpu_supports
-from giftnet.training.runfolder import LOCK_FILE, RunFolder
+from giftnet.training.runfolder import LOCK_FILE, TEACHER_FILE, RunFolder
 from giftnet.weights import check_role, load_state_checked, read_model_config
 
 

@@ -19,11 +19,12 @@ from giftnet.training.checkpoint import read_metadata, read_progress
 from giftnet.training.config import TrainConfig
 from giftnet.training.data import data_root, load_pairs, split_validation
 from giftnet.training.evaluation import make_evaluator, write_plot
-from giftnet.training.loop import Context, load_teacher, train_stage
+from giftnet.training.loop import train_stage
 from giftnet.training.preflight import preflight
 from giftnet.training.runfolder import BEST_FILE, MODEL_FILE, STAGE_ORDER, TEACHER_FILE
 from giftnet.training.runinfo import run_info
 from giftnet.training.signals import StopRequested
+from giftnet.training.stage import Context, load_teacher
 from giftnet.weights import WeightsError, save_weights
 
 # Fields a resumed run may change: they do not change what the run computes.
