@@ -23,8 +23,8 @@ from giftnet.bench.sites_model import (
     LAUNCH_FLOOR_US,
     RELATION_SITES,
     Shape,
-    corr_tile,
     fwd_tile,
+    grad_tile,
     modconv_compile,
     modconv_ideal,
     modconv_traced,
@@ -52,10 +52,10 @@ def short_label(label: str) -> str:
 
 
 def kernel_skips(stats: dict[str, dict], c: int, side: int) -> dict[str, tuple[float, float]]:
-    """Mask set -> (skipped share of the conv's tiles, of the correlation's pixel steps) at a site,
-    for the tiles the kernels use at C = c (giftnet.bench.sites_model.fwd_tile, corr_tile)."""
+    """Mask set -> (skipped share of the conv's tiles, of the weight/style correlation's pixel steps)
+    at a site, for the tiles the kernels use at C = c (giftnet.bench.sites_model.fwd_tile, grad_tile)."""
     th, tw, _ = fwd_tile(c)
-    _, _, ch, cw = corr_tile(c)
+    _, _, ch, cw = grad_tile(c)
     return {
         short_label(name): (
             float(st["sides"][side]["skip"][tile_name(th, tw)].mean()),
@@ -176,7 +176,7 @@ def _kernel_skip_table(stats: dict[str, dict], sites: dict[str, tuple[int, int]]
     for name, st in stats.items():
         for site, (c, side) in sites.items():
             th, tw, _ = fwd_tile(c)
-            _, _, ch, cw = corr_tile(c)
+            _, _, ch, cw = grad_tile(c)
             a, b = (st["sides"][side]["skip"][tile_name(*t)] for t in ((th, tw), (ch, cw)))
             out.append(
                 f"| {name} | {site} | {th}x{tw} | {a.mean():.3f} ({np.percentile(a, 10):.2f}-{np.percentile(a, 90):.2f}) "

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from giftnet.backbone import encoder_channels
-from giftnet.bench.sites_trace import Launch, trace, trace_fwd_bwd
+from giftnet.bench.sites_trace import Launch, trace_fwd_bwd
 
 BATCH = 16
 IMAGE = 256
@@ -125,9 +125,9 @@ def fwd_tile(c: int) -> tuple[int, int, int]:
     return (8, 8, 32) if c <= 32 else (8, 8, 64) if c <= 64 else (8, 16, 64)
 
 
-def corr_tile(c: int) -> tuple[int, int, int, int]:
-    """(BLOCK_O, BLOCK_I, BLOCK_H, BLOCK_W) of tap_correlation_kernel (BLOCK_H x BLOCK_W: its pixel step)."""
-    return (32, 32, 8, 16) if c <= 32 else (64, 64, 4, 8) if c <= 64 else (128, 64, 4, 8)
+def grad_tile(c: int) -> tuple[int, int, int, int]:
+    """(BLOCK_O, BLOCK_I, BLOCK_H, BLOCK_W) of weight_style_partials_kernel (BLOCK_H x BLOCK_W: its pixel step)."""
+    return (32, 32, 8, 8) if c <= 32 else (64, 64, 4, 8)
 
 
 def tile_name(h: int, w: int) -> str:
@@ -135,14 +135,17 @@ def tile_name(h: int, w: int) -> str:
     return f"{h}x{w}"
 
 
-def corr_chunks(s: Shape, sms: int) -> int:
-    """giftnet.kernels.masked_modconv.launch.choose_chunks and its row bands, restated (chunks per sample)."""
-    want = -(-4 * sms // (s.b * 9 * (-(-s.c // 64)) ** 2))
-    by_memory = max(1, (256 << 20) // (s.b * 9 * s.c * s.c * 4))
-    chunks = max(1, min(want, max(1, s.p // 1024), by_memory))
-    per_chunk = math.ceil(s.side / chunks)
-    rows = math.ceil(per_chunk / 16) * 16  # bands of whole multiples of 16 rows
-    return math.ceil(s.side / rows)
+def grad_slots(s: Shape, sms: int) -> tuple[int, int]:
+    """giftnet.kernels.masked_modconv.launch_grads.choose_slots, restated: (slots, row bands per sample)."""
+    want = -(-4 * sms // (9 * (-(-s.c // 64)) ** 2))
+    want = max(1, min(want, (64 << 20) // (9 * s.c * s.c * 4)))
+    if want <= s.b:
+        group = -(-s.b // want)
+        return -(-s.b // group), 1
+    bands = max(1, min(-(-want // s.b), s.p // 1024))
+    rows = math.ceil(math.ceil(s.side / bands) / 16) * 16  # bands of whole multiples of 16 rows
+    bands = math.ceil(s.side / rows)
+    return s.b * bands, bands
 
 
 def _conv_blend(s: Shape, name: str, fg: float = 1.0) -> Launch:
@@ -162,52 +165,53 @@ def _conv_blend(s: Shape, name: str, fg: float = 1.0) -> Launch:
     return Launch(name, 2 * s.feat + s.mask, tc_flops=fg * s.conv_flops, simt_flops=simt, l2=l2)
 
 
-def _tap_correlation(s: Shape, sms: int, fg: float = 1.0) -> list[Launch]:
-    """tap_correlation_kernel + the sum over chunks of its fp32 partials (B, 9, C, C); `fg`: the
-    fraction of its pixel steps that are not skipped (a skipped step loads nothing)."""
-    bo, bi, _, _ = corr_tile(s.c)
-    n_o, n_i = -(-s.c // bo), -(-s.c // bi)
-    chunks = corr_chunks(s, sms)
-    g = s.b * 9 * s.c * s.c * 4
-    l2 = fg * (9 * n_i * s.feat + 9 * n_o * s.feat + 2 * 9 * n_o * n_i * s.mask) + chunks * g
-    out = [Launch("tap_correlation", fg * 2 * s.feat + s.mask + chunks * g, tc_flops=fg * s.conv_flops, l2=l2)]
-    if chunks > 1:
-        out.append(Launch("partials.sum(0)", (chunks + 1) * g, simt_flops=chunks * g / 4))
-    return out
+def _weight_style_grads(s: Shape, sms: int, fg: float = 1.0) -> list[Launch]:
+    """weight_style_partials_kernel + weight_style_finalize_kernel (kernels/masked_modconv/jit_grads.py);
+    `fg`: the fraction of the partials kernel's pixel steps that are not skipped (a skipped step loads nothing).
 
-
-def _weight_style_grads(s: Shape) -> list[Launch]:
-    """giftnet.kernels.masked_modconv_bwd.weight_style_grads: torch math on G (B, 9, C, C) fp32.
-
-    Traced on meta with the real shapes: it is plain torch, so the count is exact for that code.
+    Partials: reads dy, x (once from DRAM; the other channel tiles' and taps' re-reads are L2
+    requests) and the mask; writes the dW partials (slots, 9, C, C) fp32 and the t and dstyle
+    partials (B, bands, 9, C / 64, C) fp32 each. Finalize: reads those and the weight, writes
+    dW (fp32) and dstyle (the style's dtype). Per sample and program the G tile is folded into
+    the partials: about 8 FLOPs per G element, on the CUDA cores.
     """
-    from giftnet.bench.sites_mirror import weight_style_grads_mirror  # today's code, restated
+    bo, bi, _, _ = grad_tile(s.c)
+    n_o, n_i = -(-s.c // bo), -(-s.c // bi)
+    slots, bands = grad_slots(s, sms)
+    w32 = 9 * s.c * s.c * 4
+    dw_part = slots * w32
+    ts_part = s.b * bands * 9 * (n_i + n_o) * s.c * 4
+    l2 = fg * (9 * n_i * s.feat + 9 * n_o * s.feat + 2 * 9 * n_o * n_i * s.mask) + dw_part + ts_part
+    partials = Launch(
+        "weight_style_partials",
+        fg * 2 * s.feat + s.mask + w32 + dw_part + ts_part,
+        tc_flops=fg * s.conv_flops,
+        simt_flops=8 * s.b * bands * 9 * s.c * s.c,
+        l2=l2,
+    )
+    fin_bytes = dw_part + ts_part + 2 * w32 + w32 + s.b * s.c * s.e
+    finalize = Launch("weight_style_finalize", fin_bytes, simt_flops=dw_part / 4 + 4 * s.b * 9 * s.c * s.c)
+    return [partials, finalize]
 
-    dev = "meta"
-    corr = torch.empty(s.b, 9, s.c, s.c, device=dev)
-    weight = torch.empty(s.c, s.c, 3, 3, device=dev)
-    style = torch.empty(s.b, s.c, device=dev)
-    d = torch.empty(s.b, s.c, device=dev)
-    return trace(lambda: weight_style_grads_mirror(corr, weight, style, d))
 
-
-# Small torch ops around today's Triton modconv (counted in kernels/masked_modconv_triton.py):
+# Small torch ops around today's Triton modconv (counted in kernels/masked_modconv/autograd.py):
 # forward: style.float(), demodulation (square, sum, square, mm, add, rsqrt), weight packing
-# (to(bf16), contiguous copy); backward: style.float(), transposed packing (to, flip, copy) and
-# the cast of dstyle back to the style's dtype (the rest of the backward math is traced).
+# (to(bf16), contiguous copy); backward: style.float(), the demodulation again (6 ops) and the
+# transposed packing (to, flip, copy). dW and dstyle are written in their dtypes by the finalize.
 MODCONV_GLUE_FWD = 9
-MODCONV_GLUE_BWD = 5
+MODCONV_GLUE_BWD = 10
 
 
 def modconv_triton(
     s: Shape, gpu: Gpu, fg: float = 1.0, fg_corr: float | None = None
 ) -> tuple[list[Launch], list[Launch]]:
-    """Today's Triton path (kernels/masked_modconv): fwd 1 big kernel, bwd 2 + torch math; `fg` and
-    `fg_corr`: the live (not all-background) share of the conv's and the correlation's tiles."""
+    """Today's Triton path (kernels/masked_modconv): fwd 1 big kernel, bwd 3 (dx, the weight/style
+    partials, their finalize); `fg` and `fg_corr`: the live (not all-background) share of the
+    conv's tiles and of the partials kernel's pixel steps."""
     wbytes = s.c * s.c * 9 * 4
     fwd = [Launch("glue (fwd)", 2 * wbytes, count=MODCONV_GLUE_FWD), _conv_blend(s, "conv3x3_scale_blend", fg)]
     bwd = [Launch("glue (bwd)", 2 * wbytes, count=MODCONV_GLUE_BWD), _conv_blend(s, "dx conv3x3_scale_blend", fg)]
-    bwd += _tap_correlation(s, gpu.sms, fg if fg_corr is None else fg_corr) + _weight_style_grads(s)
+    bwd += _weight_style_grads(s, gpu.sms, fg if fg_corr is None else fg_corr)
     return fwd, bwd
 
 

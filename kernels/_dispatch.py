@@ -113,8 +113,9 @@ def launch(
     channels: int,
     tile_keys: tuple[str, ...] = (),
     **kwargs: Any,
-) -> None:
-    """Launch `kernel` with a fixed config or through its autotuner `tuned`.
+) -> Any:
+    """Launch `kernel` with a fixed config or through its autotuner `tuned`; return the config run
+    (the autotuner's pick: its best_config).
 
     Fixed: a config forced by a test (`forced_launch`), the interpreter's `interpreter_config`,
     or, when torch.are_deterministic_algorithms_enabled(), the first config that fits the
@@ -131,8 +132,13 @@ def launch(
         config = next((c for c in tuned.configs if fits_channels(c, channels, tile_keys)), tuned.configs[0])
     if config is None:
         tuned[grid](*args, **kwargs)
-        return
-    kernel[grid(config.kwargs)](*args, **kwargs, **config_kwargs(config))
+        return getattr(tuned, "best_config", None)
+    # A config forced for every kernel of an op may hold meta-parameters a kernel lacks (e.g. a
+    # finalize without pixel tiles): each kernel takes the ones it declares.
+    names = set(getattr(kernel, "arg_names", ()) or config.kwargs)
+    meta = {k: v for k, v in config_kwargs(config).items() if k in names or k not in config.kwargs}
+    kernel[grid(config.kwargs)](*args, **kwargs, **meta)
+    return config
 
 
 _AOT_PROVIDERS: dict[str, Callable[[], list]] = {}

@@ -112,8 +112,9 @@ def config_tag(config: Any) -> str:
 
 
 # Integer arguments that are not multiples of 16 at the GiftNet sites: the batch handled per
-# launch may be anything, P counts programs, size_bucket is a log4 autotune key.
-NOT_DIVISIBLE = ("B", "P", "size_bucket")
+# launch may be anything, P counts programs, size_bucket is a log4 autotune key; the rest count
+# slots, bands, samples per slot and channel tiles (masked_modconv's weight/style gradients).
+NOT_DIVISIBLE = ("B", "P", "size_bucket", "n_bands", "group", "t_tiles", "s_tiles", "n_slots", "n_o", "n_i")
 
 
 def site_divisible(spec: AotSpec) -> tuple[str, ...]:

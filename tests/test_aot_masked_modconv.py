@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("triton")
 
 from giftnet.kernels.aot import SM86_MAX_SHARED
-from giftnet.kernels.masked_modconv import launch
+from giftnet.kernels.masked_modconv import launch, launch_grads
 from giftnet.kernels.masked_modconv.aot import aot_specs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,21 +59,23 @@ if __name__ == "__main__":
 """
 
 
-def _spec_configs(prefix: str, keys: tuple[str, ...]) -> set[tuple]:
+def _spec_configs(prefix: str, keys: tuple[str, ...], dtype_arg: str) -> set[tuple]:
     return {
-        (*(s.constexprs[k] for k in keys), s.num_warps, s.num_stages, s.signature[next(iter(s.signature))])
+        (*(s.constexprs[k] for k in keys), s.num_warps, s.num_stages, s.signature[dtype_arg])
         for s in aot_specs()
-        if s.name.startswith(prefix)
+        if s.name.startswith(prefix + "[")
     }
 
 
 def test_specs_list_every_autotune_config_in_every_dtype():
     """aot_specs() must cover each config the autotuners (and the interpreter fallback) can pick."""
-    for prefix, tuned, keys in (
-        ("conv3x3_scale_blend", launch._fwd_tuned, ("BLOCK_H", "BLOCK_W", "BLOCK_O", "BLOCK_I")),
-        ("tap_correlation", launch._corr_tuned, ("BLOCK_O", "BLOCK_I", "BLOCK_H", "BLOCK_W")),
+    pixels = ("BLOCK_O", "BLOCK_I", "BLOCK_H", "BLOCK_W")
+    for prefix, tuned, keys, dtype_arg in (
+        ("conv3x3_scale_blend", launch._fwd_tuned, ("BLOCK_H", "BLOCK_W", "BLOCK_O", "BLOCK_I"), "inp_ptr"),
+        ("weight_style_partials", launch_grads._grad_tuned, pixels, "dy_ptr"),
+        ("weight_style_finalize", launch_grads._fin_tuned, ("BLOCK_O", "BLOCK_I"), "dw_ptr"),
     ):
-        have = _spec_configs(prefix, keys)
+        have = _spec_configs(prefix, keys, dtype_arg)
         for cfg in tuned.configs:
             for dtype in ("*fp32", "*fp16", "*bf16"):
                 want = (*(cfg.kwargs[k] for k in keys), cfg.num_warps, cfg.num_stages, dtype)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from modconv_cases import Case, assert_matches, make_inputs, run_both
 
 from giftnet.kernels import masked_modconv2d
@@ -52,30 +51,33 @@ def test_forward_and_gradients_match_reference(dtype, atol, rtol, case):
 @pytest.mark.parametrize("dtype", list(GPU_TOLERANCES))
 def test_every_autotune_config(dtype):
     """Each config the autotuner may pick is correct, not only the one it picks here."""
-    from giftnet.kernels.masked_modconv import launch
+    from giftnet.kernels.masked_modconv import launch, launch_grads
 
     atol, rtol = GPU_TOLERANCES[dtype]
-    b, c, h, w = 2, 80, 19, 37  # partial tiles in every direction, several chunks of pixels
+    b, c, h, w = 2, 80, 19, 37  # partial tiles in every direction, several slots
     x, weight, style, mask, dy = make_inputs(Case(b, c, h, w, "soft", True, True), dtype, DEVICE)
     s32 = style.float()
     d = demodulation_coefficients(weight, s32)
     want_y = masked_modconv2d_reference(*(t.double() for t in (x, weight, style, mask)))
-    g = (dy * mask).double().flatten(2)
-    xm = F.unfold((x * mask).double(), 3, padding=1).view(b, c, 9, h * w)
-    want_corr = torch.einsum("bop,bikp->bkoi", g, xm)
+    ref = [t.double().requires_grad_(True) for t in (weight, style)]
+    masked_modconv2d_reference(x.double(), *ref, mask.double()).backward(dy.double())
     wpack = launch.pack_weight_forward(weight, dtype)
     for cfg in launch.FWD_CONFIGS:
         with forced_launch(cfg):
             y = launch.conv3x3_scale_blend(x, wpack, s32, d, mask, x)
         scale = want_y.abs().max().item()
         torch.testing.assert_close(y.double(), want_y, atol=atol * scale, rtol=rtol, msg=lambda m, k=cfg: f"{k}: {m}")
-    for cfg in launch.CORR_CONFIGS:
+    # A forced config holds for the finalize too (its BLOCK_O and BLOCK_I, its warps): the two
+    # partials configs run it in the tiles and warps of its own two configs.
+    assert {(c.kwargs["BLOCK_O"], c.num_warps) for c in launch_grads.GRAD_CONFIGS} == {
+        (c.kwargs["BLOCK_O"], c.num_warps) for c in launch_grads.FIN_CONFIGS
+    }
+    for cfg in launch_grads.GRAD_CONFIGS:
         with forced_launch(cfg):
-            corr = launch.tap_correlation(dy, x, mask, chunks=2)
-        scale = want_corr.abs().max().item()
-        torch.testing.assert_close(
-            corr.double(), want_corr, atol=atol * scale, rtol=rtol, msg=lambda m, k=cfg: f"{k}: {m}"
-        )
+            got = launch_grads.weight_style_grads(dy, x, mask, weight, s32, d, slots=3)
+        for g, want in zip(got, (ref[0].grad, ref[1].grad), strict=True):
+            scale = want.abs().max().item()
+            torch.testing.assert_close(g.double(), want, atol=atol * scale, rtol=rtol, msg=lambda m, k=cfg: f"{k}: {m}")
 
 
 def test_gradients_are_deterministic():

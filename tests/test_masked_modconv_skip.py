@@ -1,6 +1,6 @@
 """Background skip of the masked modulated convolution, under the interpreter on CPU.
 
-The forward, dx and the weight/style correlation skip 2-D tiles whose mask is 0 everywhere.
+The forward, dx and the weight/style gradients' correlation skip 2-D tiles whose mask is 0 everywhere.
 The skip must be exact: (1) output and every gradient, from one upstream gradient, match the
 reference for masks that put foreground on none, all, one or a few tiles (empty, full, one
 pixel, a pixel in a corner or just across a tile edge, blobs, soft) at odd sizes with tiles
@@ -23,7 +23,8 @@ from modconv_cases import assert_matches
 from giftnet.kernels import masked_modconv2d
 from giftnet.kernels._dispatch import forced_launch, interpreter_enabled
 from giftnet.kernels.masked_modconv import demodulation_coefficients, masked_modconv2d_reference
-from giftnet.kernels.masked_modconv.launch import conv3x3_scale_blend, pack_weight_forward, tap_correlation
+from giftnet.kernels.masked_modconv.launch import conv3x3_scale_blend, pack_weight_forward
+from giftnet.kernels.masked_modconv.launch_grads import weight_style_grads
 from giftnet.kernels.testing import make_mask, modconv_inputs, tolerance
 
 pytestmark = pytest.mark.skipif(
@@ -110,15 +111,19 @@ def test_background_tiles_do_no_convolution():
     assert 0 < live[:, 0].float().mean() < 0.6
 
 
-def test_correlation_skips_background_tiles():
-    """NaN upstream gradient on every all-background 4x4 tile: G stays finite and exact."""
-    b, c, h, w = 1, 17, 13, 11
+def test_weight_style_gradients_skip_background_tiles():
+    """NaN upstream gradient on every all-background 4x4 tile: dW and dstyle stay finite and exact
+    (2 slots: the sample's two row bands, the second of one row)."""
+    b, c, h, w = 1, 17, 17, 11
     t = modconv_inputs(b, c, h, w, "empty", torch.Generator().manual_seed(5))
-    mask = _pixels(b, h, w, (5, 6), (12, 0))
+    mask = _pixels(b, h, w, (5, 6), (16, 0))
     live = _live_tiles(mask, 4, 4).expand_as(t["dy"])
     dy = t["dy"].masked_fill(~live, float("nan"))
-    with forced_launch(TILE):
-        corr = tap_correlation(dy, t["x"], mask, chunks=2)
-    xm = F.unfold(t["x"] * mask, 3, padding=1).view(b, c, 9, h * w)
-    want = torch.einsum("bop,bikp->bkoi", (t["dy"] * mask).flatten(2), xm)
-    torch.testing.assert_close(corr, want, atol=1e-5, rtol=1e-5)
+    d = demodulation_coefficients(t["weight"], t["style"])
+    with forced_launch(TILE, slots=2):
+        got = weight_style_grads(dy, t["x"], mask, t["weight"], t["style"], d)
+    ref = [t["weight"].clone().requires_grad_(True), t["style"].clone().requires_grad_(True)]
+    masked_modconv2d_reference(t["x"], *ref, mask).backward(t["dy"])
+    for g, want in zip(got, (r.grad for r in ref), strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, want, atol=1e-5 * want.abs().max().item(), rtol=1e-5)

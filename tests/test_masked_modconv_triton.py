@@ -4,8 +4,9 @@ Every case checks the forward output and the gradients for x, weight and style, 
 one shared upstream gradient. The cases are a chosen cover, not a cartesian product (the
 interpreter is slow): each of batch {1, 3}, channels {3, 17, 48, 64}, sizes {7x13, 17x9,
 32x32}, masks {empty, full, soft, hard}, demodulation on/off and NCHW/channels_last appears
-in fp32 and fp16. Small kernel tiles (several output-channel tiles, several pixel chunks) are
-covered by driving the launchers directly with explicit configs. The helpers here are shared
+in fp32 and fp16. Small kernel tiles (several output-channel tiles) are covered by driving the
+launchers directly with explicit configs; the weight/style gradients' tiles and slots in
+tests/test_masked_modconv_grads.py. The helpers here are shared
 with tests/test_masked_modconv_cuda.py.
 
 Tolerances: `atol` is relative to the largest magnitude of the expected tensor (gradients of
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 import triton
 from modconv_cases import Case, assert_matches, make_inputs, run_both
 
@@ -94,20 +94,6 @@ def test_small_tiles_cover_several_output_channel_tiles():
     xs = x.clone().requires_grad_(True)
     masked_modconv2d_reference(xs, weight, style, mask).backward(dy)
     torch.testing.assert_close(dx, xs.grad, atol=2e-5, rtol=1e-4)
-
-
-def test_tap_correlation_with_several_chunks_and_tiles():
-    """G summed over 2 row-band chunks (the last one partial), 2x2 channel tiles, vs an unfold formula."""
-    from giftnet.kernels.masked_modconv.launch import tap_correlation
-
-    b, c, h, w = 1, 17, 17, 20
-    x, _, _, mask, dy = make_inputs(Case(b, c, h, w, "soft", True, True), torch.float32)
-    tile = {"BLOCK_O": 16, "BLOCK_I": 16, "BLOCK_H": 4, "BLOCK_W": 16}
-    with forced_launch(triton.Config(tile, num_warps=4, num_stages=1)):
-        corr = tap_correlation(dy, x, mask, chunks=3)
-    xm = F.unfold(x * mask, 3, padding=1).view(b, c, 9, h * w)  # xm[b, i, k, p] = (x m)[b, i, p + off(k)]
-    want = torch.einsum("bop,bikp->bkoi", (dy * mask).flatten(2), xm)
-    torch.testing.assert_close(corr, want, atol=1e-4, rtol=1e-4)
 
 
 def test_expanded_gradient_mixed_layouts_and_partial_requires_grad():

@@ -5,8 +5,8 @@
 One package per kernel op, each with the same files (copy them for a new op):
     __init__.py   the public op: argument checks, `impl=` dispatch, AOT registration
     reference.py  argument checks and the pure-PyTorch reference (what the kernels are tested against)
-    jit.py        the @triton.jit kernels
-    launch.py     tile configs (triton.Config) and launchers (giftnet.kernels._dispatch.launch)
+    jit.py        the @triton.jit kernels (here jit.py: the conv; jit_grads.py: the weight and style gradients)
+    launch.py     tile configs (triton.Config) and launchers (giftnet.kernels._dispatch.launch; launch_grads.py)
     autograd.py   the torch.autograd.Function and the Triton entry point
     aot.py        the ahead-of-time compile specs of every launch
 """

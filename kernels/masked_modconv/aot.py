@@ -14,7 +14,7 @@ import dataclasses
 import torch
 
 from giftnet.kernels.aot import AotSpec, Resources, compile_spec, config_tag, site_variant
-from giftnet.kernels.masked_modconv import jit, launch
+from giftnet.kernels.masked_modconv import jit, jit_grads, launch, launch_grads
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -51,32 +51,55 @@ def _fwd_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
     ]
 
 
-def _corr_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
+def _grad_specs(dtype: torch.dtype, layout: str) -> list[AotSpec]:
     t = DTYPES[dtype]
     ptr = f"*{t}"
-    sig = {"dy_ptr": ptr, "x_ptr": ptr, "mask_ptr": ptr, "part_ptr": "*fp32"}
-    sig |= {"B": "i32", "C": "i32", "H": "i32", "W": "i32", "size_bucket": "i32", "chunk_rows": "i32"}
+    sig = {"dy_ptr": ptr, "x_ptr": ptr, "mask_ptr": ptr, "w_ptr": "*fp32", "s_ptr": "*fp32", "d_ptr": "*fp32"}
+    sig |= {"dw_part_ptr": "*fp32", "t_part_ptr": "*fp32", "ds_part_ptr": "*fp32"}
+    sig |= {k: "i32" for k in ("B", "C", "H", "W", "size_bucket", "band_rows", "n_bands", "group")}
+    sig |= {"t_tiles": "i32", "s_tiles": "i32"}
     unit_strides = _strides(sig, ("d", "x"), layout)
     return [
         AotSpec(
-            name=f"tap_correlation[{t},{layout},{config_tag(cfg)}]",
-            fn=jit.tap_correlation_kernel,
+            name=f"weight_style_partials[{t},{layout},{config_tag(cfg)}]",
+            fn=jit_grads.weight_style_partials_kernel,
             signature=dict(sig),
-            constexprs={**unit_strides, **cfg.kwargs},
+            constexprs={**unit_strides, "DEMOD": True, **cfg.kwargs},
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
             maxnreg=cfg.maxnreg,
         )
-        for cfg in launch.CORR_CONFIGS
+        for cfg in launch_grads.GRAD_CONFIGS
+    ]
+
+
+def _finalize_specs(dtype: torch.dtype) -> list[AotSpec]:
+    """The finalize reads no feature map (no layout); `dtype` is that of dW and dstyle."""
+    t = DTYPES[dtype]
+    sig = {k: "*fp32" for k in ("w_ptr", "s_ptr", "d_ptr", "dw_part_ptr", "t_part_ptr", "ds_part_ptr")}
+    sig |= {"dw_ptr": f"*{t}", "ds_ptr": f"*{t}"}
+    sig |= {k: "i32" for k in ("B", "C", "n_slots", "n_bands", "n_o", "n_i", "t_tiles", "s_tiles")}
+    return [
+        AotSpec(
+            name=f"weight_style_finalize[{t},{config_tag(cfg)}]",
+            fn=jit_grads.weight_style_finalize_kernel,
+            signature=dict(sig),
+            constexprs={"DEMOD": True, **cfg.kwargs},
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            maxnreg=cfg.maxnreg,
+        )
+        for cfg in launch_grads.FIN_CONFIGS
     ]
 
 
 def aot_specs(layouts: tuple[str, ...] = ("nchw", "channels_last")) -> list[AotSpec]:
-    """Both kernels, every autotune config, fp32/fp16/bf16, in each layout."""
+    """Every kernel, every autotune config, fp32/fp16/bf16, in each layout (the finalize has none)."""
     specs: list[AotSpec] = []
     for dtype in DTYPES:
         for layout in layouts:
-            specs += _fwd_specs(dtype, layout) + _corr_specs(dtype, layout)
+            specs += _fwd_specs(dtype, layout) + _grad_specs(dtype, layout)
+        specs += _finalize_specs(dtype)
     return specs
 
 

@@ -5,8 +5,8 @@
 Forward: one implicit-GEMM pass (giftnet.kernels.masked_modconv.jit) with the style applied to the
 input tile as it is loaded and the demodulation, mask and blend in the epilogue; per-sample
 weights never exist. Backward: dx with the same kernel on the mirrored, transposed weights;
-dW and dstyle from the per-sample tap correlation G (`tap_correlation`) plus small
-fp32 torch math. Inputs in fp32, fp16 or bf16, accumulation and coefficients in fp32. fp32
+dW and dstyle in two launches (giftnet.kernels.masked_modconv.jit_grads: the tap correlation
+folded per sample into small partials, then a finalize), with no per-sample buffer. Inputs in fp32, fp16 or bf16, accumulation and coefficients in fp32. fp32
 operands go through tl.dot's default TF32 on the GPU, as cuDNN convolutions do by default.
 NCHW and channels_last are both handled natively (strides are passed; no layout copies).
 """
@@ -21,8 +21,8 @@ from giftnet.kernels.masked_modconv.launch import (
     dense,
     pack_weight_forward,
     pack_weight_transposed,
-    tap_correlation,
 )
+from giftnet.kernels.masked_modconv.launch_grads import weight_style_grads
 from giftnet.kernels.masked_modconv.reference import demodulation_coefficients
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -66,9 +66,8 @@ def _backward_op(
         s = style.detach().float().contiguous()
         d = _demod(weight, s, demodulate, eps)
         dx = conv3x3_scale_blend(dy, pack_weight_transposed(weight, x.dtype), d, s, m, dy)
-        corr = tap_correlation(dy, x, m)
-        dw, ds = weight_style_grads(corr, weight, s, d if demodulate else None)
-        return dx, dw.to(weight.dtype).contiguous(), ds.to(style.dtype).contiguous()
+        dw, ds = weight_style_grads(dy, x, m, weight, s, d if demodulate else None, style_dtype=style.dtype)
+        return dx, dw, ds
 
 
 @_backward_op.register_fake
@@ -114,31 +113,3 @@ def masked_modconv2d_triton(
     Runs as the custom op torch.ops.giftnet.masked_modconv2d (gradients by its backward op).
     """
     return _forward_op(x, weight, style, mask.detach(), bool(demodulate), float(eps))
-
-
-def weight_style_grads(
-    corr: torch.Tensor,
-    weight: torch.Tensor,
-    style: torch.Tensor,
-    d: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """dW (C, C, 3, 3) and dstyle (B, C) in fp32 from G (B, 9, C, C), with d = None when not demodulating.
-
-    u = conv(x m s, W) and y = m d u + (1 - m) x give, with W9[k, o, i] = W[o, i, k]:
-      dW[o,i,k]   = sum_b d s G - W sum_b t s^2         t[b, o] = d^3 sum_p g u = d^3 sum_{i,k} W s G
-      dstyle[b,i] = sum_{o,k} d W G - s sum_o t sum_k W^2
-    """
-    w9 = weight.detach().float().permute(2, 3, 0, 1)  # (3, 3, O, I) viewed as (9, O, I) below
-    w9 = w9.reshape(9, *w9.shape[2:])
-    s = style.detach().float()
-    wg = (corr * w9).sum(1)  # (B, O, I): sum_k W G
-    if d is None:
-        dstyle = wg.sum(1)
-        dweight = torch.einsum("bkoi,bi->koi", corr, s)
-    else:
-        dstyle = torch.einsum("boi,bo->bi", wg, d)
-        dweight = torch.einsum("bkoi,boi->koi", corr, d[:, :, None] * s[:, None, :])
-        t = (wg * s[:, None, :]).sum(-1) * d.pow(3)  # (B, O)
-        dstyle = dstyle - s * (t @ w9.square().sum(0))
-        dweight = dweight - w9 * (t.t() @ s.square())[None]
-    return dweight.reshape(3, 3, *dweight.shape[1:]).permute(2, 3, 0, 1), dstyle

@@ -1,5 +1,5 @@
-"""Triton kernels of the masked modulated convolution: the implicit-GEMM conv (forward and dx) and
-the per-sample tap correlation (weight and style gradients). Launchers: giftnet.kernels.masked_modconv.launch.
+"""Triton kernel of the masked modulated convolution: the implicit-GEMM conv (forward and dx).
+Launcher: giftnet.kernels.masked_modconv.launch. The weight and style gradients: jit_grads.py.
 
 One kernel serves the forward pass and the input gradient of the masked modulated convolution:
 
@@ -19,18 +19,6 @@ Background skip (exact): the outer mask factor m[p] makes out = res wherever m =
 program whose tile is all background (m == 0 at every pixel of the tile; the 3x3 halo does not
 matter) copies res and does no convolution: no input, weight or halo loads, no tl.dot. GIFT
 changes only the foreground, and on real object masks most 2-D tiles are background.
-
-With g = dy * m, xm = x * m and the per-sample tap correlation
-
-    G[b, k, o, i] = sum_p g[b, o, p] * xm[b, i, p + off(k)]            (zero padding)
-
-every remaining gradient is small torch math on G (see `weight_style_grads`). G is an
-implicit GEMM over pixels, (C_out x P) @ (P x C_in) per sample and tap; a program owns one
-sample, one chunk of pixels, one tap and a (BLOCK_O x BLOCK_I) tile and writes its own slot of
-a partial buffer (n_chunks, B, 9, C, C) in fp32 that torch sums over chunks: deterministic,
-no atomics. A chunk is a band of image rows, walked in 2-D BLOCK_H x BLOCK_W tiles; a tile
-adds nothing (and is skipped, loads included) when the mask is 0 over it (g = 0) or over its
-copy shifted by the tap (xm = 0).
 """
 
 from __future__ import annotations
@@ -123,82 +111,3 @@ def conv3x3_scale_blend_kernel(
         y = tl.load(r_ptrs, mask=tile_ok, other=0.0).to(tl.float32)
     o_ptrs = out_ptr + b * stride_ob + (ph * stride_oh + pw * stride_ow)[:, None] + offs_o[None, :] * stride_oc
     tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=tile_ok)
-
-
-@triton.jit
-def tap_correlation_kernel(
-    dy_ptr,  # (B, C, H, W) upstream gradient, any strides
-    x_ptr,  # (B, C, H, W) forward input, any strides
-    mask_ptr,  # (B, 1, H, W) mask, dtype of x
-    part_ptr,  # (n_chunks, B, 9, C, C) fp32 contiguous partial G[chunk, b, k, o, i]
-    B,  # batch
-    C,  # channels
-    H,  # height
-    W,  # width
-    size_bucket,  # log4 of H * W: an autotune key only (not read)
-    chunk_rows,  # image rows per chunk (multiple of BLOCK_H)
-    stride_db,  # dy strides (elements)
-    stride_dc,
-    stride_dh,
-    stride_dw,
-    stride_xb,  # x strides
-    stride_xc,
-    stride_xh,
-    stride_xw,
-    stride_mb,  # mask strides
-    stride_mh,
-    stride_mw,
-    BLOCK_O: tl.constexpr,  # output channels per program (rows of G)
-    BLOCK_I: tl.constexpr,  # input channels per program (columns of G)
-    BLOCK_H: tl.constexpr,  # tile rows per reduction step
-    BLOCK_W: tl.constexpr,  # tile columns per reduction step
-):
-    pid = tl.program_id(0)
-    n_o = (C + BLOCK_O - 1) // BLOCK_O
-    n_i = (C + BLOCK_I - 1) // BLOCK_I
-    pid_o = pid % n_o
-    pid_i = (pid // n_o) % n_i
-    tap = pid // (n_o * n_i)
-    chunk = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    dh = tap // 3 - 1
-    dw = tap % 3 - 1
-
-    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
-    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
-    o_ok = offs_o < C
-    i_ok = offs_i < C
-    offs_t = tl.arange(0, BLOCK_H * BLOCK_W)
-    dy_b = dy_ptr + b * stride_db
-    x_b = x_ptr + b * stride_xb
-    mask_b = mask_ptr + b * stride_mb
-    dot_dtype = x_ptr.dtype.element_ty
-
-    acc = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
-    n_tw = (W + BLOCK_W - 1) // BLOCK_W
-    t_start = chunk * (chunk_rows // BLOCK_H) * n_tw
-    t_end = tl.minimum(t_start + (chunk_rows // BLOCK_H) * n_tw, ((H + BLOCK_H - 1) // BLOCK_H) * n_tw)
-    for t in range(t_start, t_end):
-        ph = (t // n_tw) * BLOCK_H + offs_t // BLOCK_W
-        pw = (t % n_tw) * BLOCK_W + offs_t % BLOCK_W
-        p_ok = (ph < H) & (pw < W)
-        m = tl.load(mask_b + ph * stride_mh + pw * stride_mw, mask=p_ok, other=0.0).to(tl.float32)
-        hh = ph + dh
-        ww = pw + dw
-        in_img = p_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        ms = tl.load(mask_b + hh * stride_mh + ww * stride_mw, mask=in_img, other=0.0).to(tl.float32)
-        # Background skip: g = dy m is 0 where m is, xm = x m where the shifted mask is: a step
-        # whose tile or shifted tile is all background adds exactly nothing.
-        live = tl.max((m != 0.0).to(tl.int32), axis=0) * tl.max((ms != 0.0).to(tl.int32), axis=0)
-        if live > 0:
-            g_ptrs = dy_b + offs_o[:, None] * stride_dc + (ph * stride_dh + pw * stride_dw)[None, :]
-            g = tl.load(g_ptrs, mask=o_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
-            g = (g * m[None, :]).to(dot_dtype)
-            xs_ptrs = x_b + (hh * stride_xh + ww * stride_xw)[:, None] + offs_i[None, :] * stride_xc
-            xs = tl.load(xs_ptrs, mask=in_img[:, None] & i_ok[None, :], other=0.0).to(tl.float32)
-            xs = (xs * ms[:, None]).to(dot_dtype)
-            acc = tl.dot(g, xs, acc)
-
-    slot = ((chunk * B + b) * 9 + tap) * C * C
-    out_ptrs = part_ptr + slot + offs_o[:, None] * C + offs_i[None, :]
-    tl.store(out_ptrs, acc, mask=o_ok[:, None] & i_ok[None, :])

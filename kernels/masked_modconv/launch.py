@@ -1,4 +1,5 @@
-"""Tile configs and launchers of the masked modulated convolution's kernels (giftnet.kernels.masked_modconv.jit).
+"""Tile configs and launcher of the masked modulated convolution's conv kernel (giftnet.kernels.masked_modconv.jit)
+and the helpers the launchers share (the weight and style gradients: launch_grads.py).
 
 Configs are triton.Config everywhere. The autotuners are pruned by channel count (no channel tile
 wider than C needs: a 64-wide output tile at C = 32 computes zeros), keyed on the channel count
@@ -11,8 +12,8 @@ from __future__ import annotations
 import torch
 import triton
 
-from giftnet.kernels._dispatch import autotuned, forced_param, interpreter_enabled, launch
-from giftnet.kernels.masked_modconv.jit import conv3x3_scale_blend_kernel, tap_correlation_kernel
+from giftnet.kernels._dispatch import autotuned, launch
+from giftnet.kernels.masked_modconv.jit import conv3x3_scale_blend_kernel
 
 # GiftNet's sites have C in {32, 64, 128, 256} at 256^2 ... 32^2 pixels: many pixels, few
 # channels. The narrow tile serves C = 32, the middle one C = 64/128, the wide one C = 128/256.
@@ -21,8 +22,8 @@ from giftnet.kernels.masked_modconv.jit import conv3x3_scale_blend_kernel, tap_c
 # GiftNet sites; 128x128 tiles spill. No 8-warp config is register-capped (maxnreg, which
 # giftnet.kernels._dispatch.launch and giftnet.kernels.aot pass through): at 128 registers per thread, the cap
 # that lets two 8-warp blocks share an SM, the 8-warp conv tile spills 16-128 B of stack in the
-# generic compile (the site-specialized one fits), and the correlation's 32x32 (8x16 pixels)
-# and 128x64 tiles spill 24-264 B even as specialized at the sites.
+# generic compile (the site-specialized one fits); the weight/style gradient kernel
+# (launch_grads.py), which holds two fp32 channel tiles per program, is not capped either.
 # Pixel tiles are 2-D (BLOCK_H x BLOCK_W) so that a tile is compact and, on object masks, more
 # often entirely background (skipped): 8x8 tiles skip 75-87% of E1's tiles on real masks, rows of
 # 128 pixels 65-73% (bench/results/sites.md).
@@ -41,28 +42,7 @@ FWD_INTERPRETER_CONFIG = triton.Config(
 FWD_KEY = ["C", "stride_iw", "size_bucket"]
 FWD_TILES = ("BLOCK_O",)
 
-# BLOCK_H x BLOCK_W is the reduction step of the correlation. 32x32x64, 64x32x32 and 64x64x32
-# tiles with 4 warps spill in fp32.
-CORR_CONFIGS = (
-    triton.Config({"BLOCK_O": 32, "BLOCK_I": 32, "BLOCK_H": 8, "BLOCK_W": 16}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_H": 4, "BLOCK_W": 8}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_O": 128, "BLOCK_I": 64, "BLOCK_H": 4, "BLOCK_W": 8}, num_warps=8, num_stages=3),
-)
-CORR_INTERPRETER_CONFIG = triton.Config(
-    {"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_H": 8, "BLOCK_W": 16}, num_warps=4, num_stages=1
-)
-CORR_KEY = ["C", "stride_xw", "size_bucket"]
-CORR_TILES = ("BLOCK_O", "BLOCK_I")
-# A chunk is a band of rows, a multiple of CHUNK_ROWS (which every BLOCK_H divides), of at
-# least MIN_CHUNK_PIXELS pixels.
-CHUNK_ROWS = 16
-MIN_CHUNK_PIXELS = 1024
-MAX_PARTIAL_BYTES = 256 << 20
-
-assert all(CHUNK_ROWS % c.kwargs["BLOCK_H"] == 0 for c in (*CORR_CONFIGS, CORR_INTERPRETER_CONFIG))
-
 _fwd_tuned = autotuned(conv3x3_scale_blend_kernel, FWD_CONFIGS, FWD_KEY, FWD_TILES)
-_corr_tuned = autotuned(tap_correlation_kernel, CORR_CONFIGS, CORR_KEY, CORR_TILES)
 
 
 def pack_weight_forward(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -151,68 +131,3 @@ def conv3x3_scale_blend(
 def size_bucket(h: int, w: int) -> int:
     """log4 of the pixel count, rounded down: the image-size part of the autotune keys."""
     return max(0, (h * w).bit_length() - 1) // 2
-
-
-def choose_chunks(batch: int, channels: int, pixels: int, num_sms: int) -> int:
-    """Row-band chunks per sample: enough programs to fill the GPU, bounded partial-buffer memory."""
-    programs_per_chunk = batch * 9 * triton.cdiv(channels, 64) ** 2
-    want = triton.cdiv(4 * num_sms, programs_per_chunk)
-    by_pixels = max(1, pixels // MIN_CHUNK_PIXELS)
-    by_memory = max(1, MAX_PARTIAL_BYTES // (batch * 9 * channels * channels * 4))
-    return max(1, min(want, by_pixels, by_memory))
-
-
-def tap_correlation(
-    dy: torch.Tensor,
-    x: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    chunks: int | None = None,
-) -> torch.Tensor:
-    """G[b, k, o, i] = sum_p (dy m)[b, o, p] (x m)[b, i, p + off(k)] in fp32, shape (B, 9, C, C).
-
-    chunks: row-band chunks per sample wanted (default: `choose_chunks`); bands are whole
-    multiples of CHUNK_ROWS rows, so fewer may run.
-    """
-    b, c, h, w = x.shape
-    if dy.dtype != x.dtype:
-        raise ValueError(f"tap_correlation: dy is {dy.dtype} but x is {x.dtype}")
-    for name, t in (("dy", dy), ("x", x), ("mask", mask)):
-        check_int32_extent(t, name)
-    if chunks is None:
-        sms = 4 if interpreter_enabled() else torch.cuda.get_device_properties(x.device).multi_processor_count
-        chunks = choose_chunks(b, c, h * w, sms)
-    forced = forced_param("config")
-    if forced is not None and CHUNK_ROWS % forced.kwargs["BLOCK_H"]:
-        raise ValueError(f"tap_correlation: a forced BLOCK_H must divide CHUNK_ROWS = {CHUNK_ROWS}")
-    chunk_rows = triton.cdiv(triton.cdiv(h, chunks), CHUNK_ROWS) * CHUNK_ROWS
-    chunks = triton.cdiv(h, chunk_rows)
-    if chunks > 65535 or b > 65535:
-        raise ValueError(f"tap_correlation: grid too large ({chunks} chunks, batch {b})")
-    part = torch.empty((chunks, b, 9, c, c), device=x.device, dtype=torch.float32)
-    args = (
-        dy,
-        x,
-        mask,
-        part,
-        b,
-        c,
-        h,
-        w,
-        size_bucket(h, w),
-        chunk_rows,
-        *dy.stride(),
-        *x.stride(),
-        mask.stride(0),
-        mask.stride(2),
-        mask.stride(3),
-    )
-
-    def grid(meta):
-        return (9 * triton.cdiv(c, meta["BLOCK_O"]) * triton.cdiv(c, meta["BLOCK_I"]), chunks, b)
-
-    launch(
-        tap_correlation_kernel, _corr_tuned, grid, *args,
-        interpreter_config=CORR_INTERPRETER_CONFIG, channels=c, tile_keys=CORR_TILES,
-    )  # fmt: skip
-    return part[0] if chunks == 1 else part.sum(0)
