@@ -9,7 +9,6 @@ handed out as views and reused once no view of it is alive.
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import threading
@@ -17,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from giftnet.pipeline import images
 from giftnet.pipeline.augment import read_mask
 from giftnet.pipeline.pairs import DatasetError
 
@@ -117,14 +116,6 @@ def read_bytes(path: str | Path) -> np.ndarray:
 
 def plain_mask(data: np.ndarray, path: str) -> np.ndarray:
     """augment.read_mask(path) for a mask the index calls plain (8-bit grayscale PNG), decoded from
-    its bytes already read: PIL's 8-bit values as they are, the very values read_mask rounds back to
-    (v / 255 * 255 rounds to v for every byte). Anything unexpected goes through read_mask itself."""
-    try:
-        with Image.open(io.BytesIO(data.data)) as image:
-            if image.format == "PNG" and image.mode == "L":
-                mask = np.array(image, dtype=np.uint8)  # decodes; chunks after the pixels read too
-                if "transparency" not in image.info and "exif" not in image.info:
-                    return mask
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        pass
-    return read_mask(Path(path))
+    its bytes already read (images.plain_gray_png_pixels); anything else goes through read_mask."""
+    pixels = images.plain_gray_png_pixels(data)
+    return pixels if pixels is not None else read_mask(Path(path))
