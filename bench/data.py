@@ -8,13 +8,17 @@ that many CPUs) one run measures, in turn:
 - feeder_pil: the feeder it replaced (every mask decoded with PIL, the crop drawn on it), likewise;
 - torch: make_train_loader(backend="torch", num_workers=cores): DataLoader worker processes + PIL;
 - dali: make_train_loader(backend="dali", num_workers=cores): DALI CPU threads (GPU decoding with
-  CUDA), fed by one worker process from 2 cores on.
+  CUDA), its feeder as the loader places it (dali_loader.default_feed_processes: in this process
+  when the CPU decodes, in one worker process when the GPU does).
 
 All three draw the same crops (giftnet.pipeline.augment) at the same batch and crop size. Each figure comes
-with pairs/s, CPU seconds per pair (this process and its children, user + system) and the 1-minute
-load average at its end, so a user can work out cores per GPU on a quiet machine.
+with pairs/s and CPU seconds per pair (user + system of every process involved, live or reaped:
+giftnet.bench.proc_cpu) in the steady state, the start-up (first batch) apart, and the 1-minute
+load average at its end, so a user can work out cores per GPU on a quiet machine. The process
+applies giftnet.allocator's malloc settings first, as train.py does (its workers inherit them).
 
-    python -m giftnet.bench.data [--tiny] [--photos DIR --sides 0 640 1024] [--json OUT] [--markdown OUT.md]
+    python -m giftnet.bench.data [--tiny] [--photos DIR --sides 0 640 1024] [--backends ...] [--json OUT]
+                                 [--markdown OUT.md]
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -36,8 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from giftnet.allocator import configure_allocator
 from giftnet.bench.common import machine
 from giftnet.bench.data_sets import from_photos, make_triplets
+from giftnet.bench.proc_cpu import tree_cpu_seconds
 from giftnet.fileio import atomic_write_text
 from giftnet.pipeline import dali_loader
 from giftnet.pipeline.augment import ShardPlan, read_mask, sample_crop
@@ -49,12 +54,6 @@ from giftnet.pipeline.pairs import Pair
 FULL = {"pairs": 320, "batch_size": 16, "crop_size": 256, "feed_epochs": 10}
 TINY = {"pairs": 24, "batch_size": 4, "crop_size": 32, "feed_epochs": 2}
 BACKENDS = ("feeder", "feeder_pil", "torch", "dali")
-
-
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its reaped children so far."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _load() -> float | None:
@@ -134,37 +133,65 @@ def time_feeder(pairs: list[Pair], cfg: dict, cores: int, with_index: bool = Tru
 
 
 def time_loader(pairs: list[Pair], cfg: dict, cores: int, backend: str, device: torch.device) -> dict:
-    """One timed epoch of a training loader after a short warm-up epoch."""
+    """One timed epoch of a training loader after a short warm-up epoch.
+
+    The rate and CPU per pair are the steady state, from the epoch's first batch to its end: a
+    real epoch has thousands of batches, so the start-up (DataLoader workers forked, DALI's
+    pipeline built, the first batch decoded; given apart as start_s, start_cpu_s) counts for
+    little in it, but for much in an epoch of 20. CPU is that of every process involved (this one,
+    DALI's threads and feeder process, DataLoader workers), live or reaped (bench.proc_cpu).
+    """
     kw = {k: cfg[k] for k in ("batch_size", "crop_size")}
     loader = make_train_loader(pairs, num_workers=cores, device=device, backend=backend, **kw)
     for i, _ in enumerate(loader.epoch(0)):  # warm-up: caches, DALI's first allocations
         if i >= 2:
             break
-    count, cpu, start = 0, _cpu_seconds(), time.perf_counter()
-    for batch in loader.epoch(1):
+    cpu0, start = tree_cpu_seconds(), time.perf_counter()
+    batches = loader.epoch(1)
+    first = next(batches)["index"].numel()
+    cpu1, steady_start = tree_cpu_seconds(), time.perf_counter()
+    count = 0
+    for batch in batches:  # the generator's end stops DALI's pipeline and the DataLoader's workers
         count += batch["index"].numel()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    del loader  # DALI's workers are reaped with its pipeline at the end of the epoch
+    end = time.perf_counter()
     decode = "PIL in worker processes" if backend == "torch" else ""
     if backend == "dali":
-        decode = f"DALI {'GPU (mixed)' if device.type == 'cuda' else 'CPU'}"
+        processes = getattr(loader, "feed_processes", 0)
+        feeder = f"feeder in {processes} process" if processes else "feeder inline"
+        decode = f"DALI {'GPU (mixed)' if device.type == 'cuda' else 'CPU'}, {feeder}"
+    del loader
+    cpu2 = tree_cpu_seconds()
+    total = first + count
+    steady = count > 0  # an epoch of one batch has no steady state: the whole epoch then
     return {
-        "pairs_per_s": round(count / seconds, 1),
-        "cpu_s_per_pair": round((_cpu_seconds() - cpu) / count, 5),
+        "pairs_per_s": round(count / (end - steady_start) if steady else total / (end - start), 1),
+        "cpu_s_per_pair": round((cpu2 - cpu1) / count if steady else (cpu2 - cpu0) / total, 5),
+        "start_s": round(steady_start - start, 3),
+        "start_cpu_s": round(cpu1 - cpu0, 3),
+        "epoch_pairs_per_s": round(total / (end - start), 1),
+        "epoch_cpu_s_per_pair": round((cpu2 - cpu0) / total, 5),
         "decode": decode,
     }
 
 
-def compare(pairs: list[Pair], cfg: dict, *, images: str, cores_list: list[int], device: torch.device) -> list[dict]:
+def compare(
+    pairs: list[Pair],
+    cfg: dict,
+    *,
+    images: str,
+    cores_list: list[int],
+    device: torch.device,
+    backends: tuple[str, ...] = BACKENDS,
+) -> list[dict]:
     """Rows for every (core count, backend) on these pairs, torch and dali alternating in order."""
     rows = []
     for cores in cores_list:
         order = ["feeder", "feeder_pil", *(["torch", "dali"] if cores % 2 else ["dali", "torch"])]
         got: dict[str, dict[str, Any]] = {}
         with pinned(cores):
-            for name in order:
+            for name in (n for n in order if n in backends):
                 base = {
                     "backend": name,
                     "cores_used": cores,
@@ -182,11 +209,13 @@ def compare(pairs: list[Pair], cfg: dict, *, images: str, cores_list: list[int],
                 else:
                     fig = time_loader(pairs, cfg, cores, name, device)
                 got[name] = base | fig | {"load_avg_1min": _load()}
-        torch_rate = got["torch"]["pairs_per_s"]
-        for name in BACKENDS:
-            rate = got[name]["pairs_per_s"]
-            got[name]["vs_torch"] = round(rate / torch_rate, 2) if rate and not name.startswith("feeder") else None
-            rows.append(got[name])
+        ref = got.get("torch", {})
+        for name in (n for n in BACKENDS if n in got):
+            row = got[name]
+            for key, rate in (("vs_torch", "pairs_per_s"), ("epoch_vs_torch", "epoch_pairs_per_s")):
+                mine, theirs = row.get(rate), ref.get(rate)
+                row[key] = round(mine / theirs, 2) if mine and theirs and not name.startswith("feeder") else None
+            rows.append(row)
     return rows
 
 
@@ -197,6 +226,7 @@ def run(
     sides: tuple[int, ...] = (640, 1024),
     pairs: int | None = None,
     cores: list[int] | None = None,
+    backends: tuple[str, ...] = BACKENDS,
 ) -> list[dict]:
     """Benchmark rows, each with the machine description; tiny = CI smoke size (synthetic, 1 core)."""
     cfg = dict(TINY if tiny else FULL)
@@ -218,7 +248,7 @@ def run(
             start = time.perf_counter()
             index_pairs(made)
             built = round((time.perf_counter() - start) / len(made) * 1000, 3)
-            for row in compare(made, cfg, images=images, cores_list=cores_list, device=device):
+            for row in compare(made, cfg, images=images, cores_list=cores_list, device=device, backends=backends):
                 rows.append(row | {"index_build_ms_per_pair": built})
     info = machine()
     if photos is not None:
@@ -236,17 +266,20 @@ def _fmt(v: object, spec: str) -> str:
 def table(rows: list[dict]) -> list[str]:
     """The figures as a markdown table."""
     out = [
-        "| images | cores | backend | decode | pairs/s | per process | CPU s/pair | vs torch | load |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|",
+        "| images | cores | backend | decode | pairs/s | per process | CPU s/pair | vs torch | first batch s "
+        "| epoch pairs/s | epoch vs torch | load |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r.get("skipped"):
-            out.append(f"| {r['images']} | {r['cores_used']} | {r['backend']} | skipped: {r['skipped']} | | | | | |")
+            out.append(f"| {r['images']} | {r['cores_used']} | {r['backend']} | skipped: {r['skipped']} |" + " |" * 8)
             continue
         out.append(
             f"| {r['images']} | {r['cores_used']} | {r['backend']} | {r['decode']} | {_fmt(r['pairs_per_s'], '.1f')} | "
             f"{_fmt(r.get('pairs_per_s_per_process'), '.1f')} | {_fmt(r['cpu_s_per_pair'], '.5f')} | "
-            f"{_fmt(r['vs_torch'], '.2f')} | {_fmt(r['load_avg_1min'], '.2f')} |"
+            f"{_fmt(r['vs_torch'], '.2f')} | {_fmt(r.get('start_s'), '.2f')} | "
+            f"{_fmt(r.get('epoch_pairs_per_s'), '.1f')} | {_fmt(r.get('epoch_vs_torch'), '.2f')} | "
+            f"{_fmt(r['load_avg_1min'], '.2f')} |"
         )
     return out
 
@@ -255,6 +288,7 @@ def markdown(rows: list[dict]) -> str:
     """A results note: machine, git revision, date, settings, then the table."""
     info = rows[0]
     decoded = [r["masks_decoded"] for r in rows if r["backend"] == "feeder"]
+    shares = ", ".join(f"{d:.2%}" for d in decoded)
     return "\n".join(
         [
             "# Data pipeline benchmark (`python -m giftnet.bench.data`)",
@@ -262,11 +296,13 @@ def markdown(rows: list[dict]) -> str:
             f"Machine: {info['cpu']} ({info['cores']} cores), GPU {info['gpu']}; torch {info['torch']}, "
             f"DALI {info['dali']}, Pillow {info['pillow']}. Git `{info['git']}`, {info['date']}.",
             f"{info['pairs']} pairs per image size, batch {info['batch_size']}, crop {info['crop_size']}, "
-            f"device {info['device']}; one timed epoch per loader after a 3-batch warm-up. Load: the 1-minute "
-            "load average at the end of each figure.",
+            f"device {info['device']}; malloc {info.get('malloc', 'glibc as it is')}. Loaders: one timed epoch "
+            "after a 3-batch warm-up; pairs/s and CPU s/pair are its steady state (first batch to last; CPU of "
+            "every process: this one, DataLoader workers, DALI's threads and feeder process), `first batch s` "
+            "its start-up, `epoch` the whole epoch with the start-up. Feeders: CPU s/pair inside their "
+            "processes. Load: the 1-minute load average at the end of each figure.",
             *([f"Images: {info['source']}."] if info.get("source") else []),
-            f"Masks decoded by the feeder (the grid could not decide): {', '.join(f'{d:.2%}' for d in decoded)} "
-            "of pairs.",
+            *([f"Masks decoded by the feeder (the grid could not decide): {shares} of pairs."] if decoded else []),
             "",
             *table(rows),
             "",
@@ -283,10 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--pairs", type=int, help="pairs per image size (default 320, tiny 24)")
     ap.add_argument("--cores", type=int, nargs="+", help="core counts (default 1, 2 and all)")
+    ap.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="what to time")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     ap.add_argument("--markdown", type=Path, help="also write a results note (markdown) to this file")
     args = ap.parse_args(argv)
-    rows = run(args.tiny, photos=args.photos, sides=tuple(args.sides), pairs=args.pairs, cores=args.cores)
+    malloc = "giftnet.allocator's settings (as train.py)" if configure_allocator() else "glibc as it is"
+    rows = run(args.tiny, photos=args.photos, sides=tuple(args.sides), pairs=args.pairs, cores=args.cores,
+               backends=tuple(args.backends))  # fmt: skip
+    rows = [row | {"malloc": malloc} for row in rows]
     text = markdown(rows)
     print(text)
     if args.json:

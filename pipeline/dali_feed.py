@@ -15,19 +15,22 @@ grayscale PNG: RGB, 16-bit, alpha-only...) are decoded here and handed on re-enc
 
 from __future__ import annotations
 
+import functools
 import io
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from giftnet.pipeline.augment import read_mask
+from giftnet.pipeline.augment import CropParams, read_mask
+from giftnet.pipeline.feed_files import plain_mask, read_bytes, read_files
 from giftnet.pipeline.images import encode_png, read_rgb
 from giftnet.pipeline.index import MaskSummary, sample_crop_indexed
-from giftnet.pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.pairs import Pair
+
+__all__ = ["LAYOUTS", "NUM_OUTPUTS", "TrainFeed", "encode_mask", "read_bytes", "reencoded_photo"]
 
 NUM_OUTPUTS = 7  # composite, real, mask (encoded), anchor (x, y), shape (w, h), flip, index
 LAYOUTS = ["", "", "", "", "", "", ""]
@@ -39,30 +42,10 @@ class _BatchInfo(Protocol):
     iteration: int
 
 
-def read_bytes(path: str | Path) -> np.ndarray:
-    """A file's bytes as a uint8 array; DatasetError naming the file if it is unreadable or empty.
-
-    One read into a fresh array (np.fromfile costs twice as much: the feeder's hottest call).
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            data = np.empty(os.fstat(fd).st_size, dtype=np.uint8)
-            # numpy's stubs declare ndarray's buffer protocol (__buffer__) only for Python 3.12 on
-            n = os.readv(fd, [data]) if data.size else 0  # type: ignore[list-item]
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read file ({e})") from None
-    if n == 0:
-        raise DatasetError(f"{path}: file is empty")
-    return data[:n]
-
-
-def photo_bytes(path: str, native: bool) -> np.ndarray:
-    """What DALI decodes for a photo: its bytes as stored when the index says DALI decodes them to
-    images.read_rgb's pixels (`native`), else read_rgb's pixels as a lossless PNG."""
-    return read_bytes(path) if native else np.frombuffer(encode_png(read_rgb(path)), dtype=np.uint8)
+def reencoded_photo(path: str) -> np.ndarray:
+    """What DALI decodes for a photo the index says it would not decode as stored (EXIF-rotated,
+    16-bit, palette...): images.read_rgb's pixels as a lossless PNG."""
+    return np.frombuffer(encode_png(read_rgb(path)), dtype=np.uint8)
 
 
 def encode_mask(mask: np.ndarray) -> np.ndarray:
@@ -73,7 +56,12 @@ def encode_mask(mask: np.ndarray) -> np.ndarray:
 
 
 class TrainFeed:
-    """DALI's source for `batches` of one epoch; call with a BatchInfo (or an int) per batch."""
+    """DALI's source for `batches` of one epoch; call with a BatchInfo (or an int) per batch.
+
+    A call returns the batch's columns: the composite, real and mask bytes as lists of arrays
+    (views of one buffer, reused once they are dropped: feed_files.read_files), then the
+    anchors (B, 2), shapes (B, 2), flips (B,) and indices (B,) as one array each.
+    """
 
     def __init__(
         self,
@@ -95,36 +83,52 @@ class TrainFeed:
         self.crop_size, self.seed, self.epoch = crop_size, seed, epoch
         self.batches = [np.asarray(b, dtype=np.int64) for b in batches]
         self.decoded = 0  # masks decoded in this process because the grid could not decide
+        # Per pair: which of (composite, real, mask) DALI decodes as stored (the rest is decoded here).
+        self.stored = [(c, r, m.plain) for (c, r), m in zip(self.native, self.masks, strict=True)]
 
-    def sample(self, index: int) -> tuple[np.ndarray, ...]:
-        """The external source's outputs for pair `index`."""
-        comp_path, real_path, mask_path = self.files[index]
+    def _crop(self, index: int, load: Callable[[], np.ndarray]) -> CropParams:
+        """Pair `index`'s crop from the index; `load()` gives the mask when the grid cannot decide."""
         summary = self.masks[index]
         crop, decoded = sample_crop_indexed(
-            summary,
-            lambda: read_mask(Path(mask_path)),
-            crop_size=self.crop_size,
-            seed=self.seed,
-            epoch=self.epoch,
-            index=index,
+            summary, load, crop_size=self.crop_size, seed=self.seed, epoch=self.epoch, index=index
         )
         self.decoded += decoded
-        mask = read_bytes(mask_path) if summary.plain else encode_mask(read_mask(Path(mask_path)))
-        comp_native, real_native = self.native[index]
-        return (
-            # the one decoder's policy: EXIF-rotated, 16-bit, palette... photos reach DALI re-encoded
-            photo_bytes(comp_path, comp_native),
-            photo_bytes(real_path, real_native),
-            mask,
-            np.array([crop.left, crop.top], dtype=np.int32),
-            np.array([crop.width, crop.height], dtype=np.int32),
-            np.array(int(crop.flip), dtype=np.int32),
-            np.array(index, dtype=np.int64),
-        )
+        return crop
 
-    def __call__(self, info: int | _BatchInfo) -> list[list[np.ndarray]]:
+    def __call__(self, info: int | _BatchInfo) -> list:
         iteration = info if isinstance(info, int) else info.iteration
         if iteration >= len(self.batches):
             raise StopIteration
-        samples = [self.sample(int(i)) for i in self.batches[iteration]]
-        return [list(col) for col in zip(*samples, strict=True)]
+        batch = self.batches[iteration].tolist()
+        # The files DALI decodes as stored are read in one go; the rest (rare) are decoded here.
+        stored = [
+            (j, k, path)
+            for j, i in enumerate(batch)
+            for k, (path, as_stored) in enumerate(zip(self.files[i], self.stored[i], strict=True))
+            if as_stored
+        ]
+        cols: list[list[np.ndarray | None]] = [[None] * len(batch) for _ in range(3)]
+        for (j, k, _), data in zip(stored, read_files([path for *_, path in stored]), strict=True):
+            cols[k][j] = data
+        n = len(batch)
+        anchor, shape, flip = np.empty((n, 2), np.int32), np.empty((n, 2), np.int32), np.empty(n, np.int32)
+        for j, i in enumerate(batch):
+            comp_path, real_path, mask_path = self.files[i]
+            mask_bytes = cols[2][j]
+            if mask_bytes is None:  # a mask DALI would not decode as stored: decoded once, re-encoded
+                mask = read_mask(Path(mask_path))
+                crop = self._crop(i, functools.partial(_given, mask))
+                cols[2][j] = encode_mask(mask)
+            else:  # decoded (from the bytes read) only if the grid cannot decide
+                crop = self._crop(i, functools.partial(plain_mask, mask_bytes, mask_path))
+            anchor[j], shape[j], flip[j] = (crop.left, crop.top), (crop.width, crop.height), crop.flip
+            # the one decoder's policy: EXIF-rotated, 16-bit, palette... photos reach DALI re-encoded
+            if cols[0][j] is None:
+                cols[0][j] = reencoded_photo(comp_path)
+            if cols[1][j] is None:
+                cols[1][j] = reencoded_photo(real_path)
+        return [*cols, anchor, shape, flip, np.array(batch, dtype=np.int64)]  # dense: DALI takes no strides
+
+
+def _given(mask: np.ndarray) -> np.ndarray:
+    return mask

@@ -272,6 +272,22 @@ def plain_gray_png(path: str | Path) -> bool:
         return False
 
 
+def plain_gray_png_pixels(data: np.ndarray) -> np.ndarray | None:
+    """The uint8 (H, W) pixels of encoded bytes that are a plain 8-bit grayscale PNG (plain_gray_png's
+    kind: no transparency, no EXIF), else None. For such a mask these are read_mask's values times
+    255 exactly (v / 255 * 255 rounds to v for every byte), without read_mask's float round trip."""
+    try:
+        with Image.open(io.BytesIO(data.data)) as image:
+            if image.format != "PNG" or image.mode != "L":
+                return None
+            pixels = np.array(image, dtype=np.uint8)  # decodes; chunks after the pixels are read too
+            if "transparency" in image.info or "exif" in image.info:
+                return None
+            return pixels
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
 def dali_bytes(path: str | Path) -> np.ndarray:
     """The bytes to hand DALI's decoder for a photo, so that DALI sees exactly `read_rgb(path)`.
 

@@ -85,7 +85,8 @@ def make_train_loader(
     a pure function of (pairs, seed, epoch, rank, world_size, batch_size, crop_size), so
     epoch(e, start_batch=k) yields exactly the batches k, k+1, ... of epoch(e).
     DALI only: `feed_processes` worker processes run its feeder (0: in this process; default one
-    once num_workers >= 2); the dataset index (giftnet.pipeline.index) is built or refreshed first.
+    when the GPU decodes and num_workers >= 2, none when the CPU decodes: see
+    dali_loader.default_feed_processes); the dataset index (giftnet.pipeline.index) is built or refreshed first.
     """
     _check_positive(batch_size=batch_size, crop_size=crop_size, world_size=world_size)
     if num_workers < 0:
