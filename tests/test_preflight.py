@@ -100,6 +100,28 @@ def test_run_folder_that_is_a_file_or_holds_another_run(tmp_path, capsys, monkey
     pf.preflight(cfg)
 
 
+def test_the_lock_probe_changes_nothing_and_only_the_main_rank_probes(tmp_path, monkeypatch):
+    """Under torchrun every rank runs the preflight; a probe that took the lock and wrote its pid
+    raced rank 0's own lock ("in use by another trainer (pid unknown)" under load)."""
+    from giftnet.training.runfolder import LOCK_FILE, RunFolder
+
+    holder = RunFolder(tmp_path / "r")
+    holder.lock()
+    try:
+        written = (tmp_path / "r" / LOCK_FILE).read_bytes()
+        monkeypatch.setenv("RANK", "1")
+        pf.check_run_folder(tmp_path / "r", resume=True)  # a peer rank does not look (rank 0 holds it)
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(UsageError, match=f"in use by another trainer \\(pid {os.getpid()}\\)"):
+            pf.check_run_folder(tmp_path / "r", resume=True)
+        assert (tmp_path / "r" / LOCK_FILE).read_bytes() == written
+    finally:
+        holder.unlock()
+    pf.check_run_folder(tmp_path / "r", resume=True)  # free again: the probe passes
+    assert (tmp_path / "r" / LOCK_FILE).read_bytes() == written  # and leaves the last holder's pid
+    RunFolder(tmp_path / "r").lock()  # nothing the probe did keeps a later lock out
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("w")

@@ -109,10 +109,10 @@ def check_run_folder(run: Path, resume: bool) -> None:
     """The run folder must be a folder we can create or write; a new run must not reuse another's."""
     if run.exists() and not run.is_dir():
         raise UsageError(f"--out {run}: exists and is not a folder")
-    if (run / LOCK_FILE).is_file():  # another trainer at work here is the message that matters
-        folder = RunFolder(run)
-        folder.lock()  # UsageError naming the holder's pid; else released at once
-        folder.unlock()
+    # Another trainer at work here is the message that matters. Only the main rank looks: under
+    # torchrun a peer's probe would race rank 0's own lock, and rank 0 refuses for all of them.
+    if os.environ.get("RANK", "0") == "0" and (run / LOCK_FILE).is_file():
+        RunFolder(run).check_unlocked()
     if not resume and run.is_dir() and any(run.glob("ckpt-*.safetensors")):
         raise UsageError(f"{run} already holds checkpoints: pass --resume {run} to continue, or another --out")
     existing = run

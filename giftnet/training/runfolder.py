@@ -90,6 +90,18 @@ class RunFolder:
         """Hold an exclusive lock on the folder for the life of this process (released on exit,
         even by SIGKILL). A second trainer on the same folder gets UsageError naming our pid."""
         self.path.mkdir(parents=True, exist_ok=True)
+        fd = self._acquire()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def check_unlocked(self) -> None:
+        """UsageError naming the holder when another trainer holds the folder; changes nothing.
+        (A probe that took the lock and wrote its pid could make the real holder's own lock fail.)"""
+        fd = self._acquire()
+        os.close(fd)  # releases the probe's flock; the file keeps the last holder's pid
+
+    def _acquire(self) -> int:
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,9 +112,7 @@ class RunFolder:
                 f"{self.path} is in use by another trainer (pid {holder}); wait for it to end, or stop it "
                 f"(kill -TERM {holder}: it saves a checkpoint) and then --resume {self.path}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        return fd
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
