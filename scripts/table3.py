@@ -37,6 +37,7 @@ from giftnet.fileio import atomic_write_text  # noqa: E402
 
 ALL = "all"  # giftnet.evaluate's key for the mean over every image
 METRICS = ("mse", "fmse", "psnr", "fssim")
+LABELS = {"mse": "MSE", "fmse": "fMSE", "psnr": "PSNR", "fssim": "fSSIM"}
 PAPER_ORDER = (8, 2, 1)  # best first: the full model, GIFT at D3, the plain backbone
 
 
@@ -106,7 +107,7 @@ def ordering(summary: dict) -> list[str]:
         ranked = sorted(present, key=lambda r: rows[r]["mean"][m], reverse=higher_better)
         order = " > ".join(f"row {r}" for r in ranked)
         verdict = "holds" if holds else "does not hold"
-        lines.append(f"- {m.upper() if m != 'fssim' else 'fSSIM'}: best to worst {order}; the paper's order {verdict}.")
+        lines.append(f"- {LABELS[m]}: best to worst {order}; the paper's order {verdict}.")
     return lines
 
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.monotonic()
                 fresh = not (args.out / f"row{row}-seed{seed}" / "metrics.json").is_file()
                 runs[row, seed] = run_one(args.photos, args.out, recipe, row, seed, reuse.get((row, seed)))
-                if fresh:
+                if fresh and (row, seed) not in reuse:
                     elapsed[row, seed] = time.monotonic() - start
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
