@@ -41,12 +41,13 @@ LABELS = {"mse": "MSE", "fmse": "fMSE", "psnr": "PSNR", "fssim": "fSSIM"}
 PAPER_ORDER = (8, 2, 1)  # best first: the full model, GIFT at D3, the plain backbone
 
 
-def run_one(photos: Path, out: Path, recipe: dict, row: int, seed: int, reuse: Path | None) -> dict:
-    """Train (or resume) one row and seed and score it; the scored metrics, also kept in metrics.json."""
+def run_one(photos: Path, out: Path, recipe: dict, row: int, seed: int, reuse: Path | None) -> tuple[dict, bool]:
+    """Train (or resume) one row and seed and score it: the scored metrics (also kept in
+    metrics.json) and whether this call trained it."""
     folder = out / f"row{row}-seed{seed}"
     done = folder / "metrics.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return json.loads(done.read_text()), False
     data = realphoto.build_data(photos, out, recipe["data"])
     folder.mkdir(parents=True, exist_ok=True)
     if reuse is None:
@@ -58,7 +59,7 @@ def run_one(photos: Path, out: Path, recipe: dict, row: int, seed: int, reuse: P
         weights, source = reuse, f"reused: {reuse.name}"
     results = realphoto.score(data, weights, recipe.get("eval", {})) | {"source": source}
     atomic_write_text(done, json.dumps(results, indent=2) + "\n")
-    return results
+    return results, reuse is None
 
 
 def parse_reuse(items: list[list[str]]) -> dict[tuple[int, int], Path]:
@@ -111,6 +112,10 @@ def ordering(summary: dict) -> list[str]:
     return lines
 
 
+def cell(metric: str, value: float) -> str:
+    return f"{value:.4f}" if metric == "fssim" else f"{value:.2f}"
+
+
 def markdown(summary: dict, recipe_path: Path, elapsed: dict) -> str:
     from giftnet.ablations import ablation
 
@@ -127,14 +132,14 @@ def markdown(summary: dict, recipe_path: Path, elapsed: dict) -> str:
         "| row | model | seeds | MSE | fMSE | PSNR | fSSIM | " + " | ".join(f"fMSE ratio {k}" for k in kinds) + " |",
         "|---|---|---|---:|---:|---:|---:|" + "---:|" * len(kinds),
         "| - | composite | - | "
-        + " | ".join(f"{comp[ALL][m]:.2f}" if m != "fssim" else f"{comp[ALL][m]:.4f}" for m in METRICS)
+        + " | ".join(cell(m, comp[ALL][m]) for m in METRICS)
         + " | "
         + " | ".join("1x" for _ in kinds)
         + " |",
     ]
     for row, e in sorted(summary["rows"].items()):
         seeds = ", ".join(str(s) for s in e["seeds"])
-        cells = [f"{e['mean'][m]:.2f}" if m != "fssim" else f"{e['mean'][m]:.4f}" for m in METRICS]
+        cells = [cell(m, e["mean"][m]) for m in METRICS]
         ratios = [" / ".join(f"{r:.3f}x" for r in e["ratio"][k]) for k in kinds]
         head.append(f"| {row} | {ablation(row).description} | {seeds} | " + " | ".join(cells + ratios) + " |")
     notes = ["", "Metrics are means over the seeds; ratios are per seed, in the order of the seeds column.", ""]
@@ -174,9 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for row in args.rows:
                 start = time.monotonic()
-                fresh = not (args.out / f"row{row}-seed{seed}" / "metrics.json").is_file()
-                runs[row, seed] = run_one(args.photos, args.out, recipe, row, seed, reuse.get((row, seed)))
-                if fresh and (row, seed) not in reuse:
+                runs[row, seed], trained = run_one(args.photos, args.out, recipe, row, seed, reuse.get((row, seed)))
+                if trained:
                     elapsed[row, seed] = time.monotonic() - start
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,8 +6,8 @@ Forward: one implicit-GEMM pass (giftnet.kernels.masked_modconv.jit) with the st
 input tile as it is loaded and the demodulation, mask and blend in the epilogue; per-sample
 weights never exist. Backward: dx with the same kernel on the mirrored, transposed weights;
 dW and dstyle in two launches (giftnet.kernels.masked_modconv.jit_grads: the tap correlation
-folded per sample into small partials, then a finalize), with no per-sample buffer. Inputs in fp32, fp16 or bf16, accumulation and coefficients in fp32. fp32
-operands go through tl.dot's default TF32 on the GPU, as cuDNN convolutions do by default.
+folded per sample into small partials, then a finalize), with no per-sample buffer. Inputs in
+fp32, fp16 or bf16, accumulation and coefficients in fp32. fp32 operands go through tl.dot's default TF32 on the GPU, as cuDNN convolutions do by default.
 NCHW and channels_last are both handled natively (strides are passed; no layout copies).
 """
 
