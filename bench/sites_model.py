@@ -196,10 +196,11 @@ def _weight_style_grads(s: Shape, sms: int, fg: float = 1.0) -> list[Launch]:
 
 # Small torch ops around today's Triton modconv (counted in kernels/masked_modconv/autograd.py):
 # forward: style.float(), demodulation (square, sum, square, mm, add, rsqrt), weight packing
-# (to(bf16), contiguous copy); backward: style.float(), the demodulation again (6 ops) and the
-# transposed packing (to, flip, copy). dW and dstyle are written in their dtypes by the finalize.
+# (to(bf16), contiguous copy); backward: style.float() and the transposed packing (to, flip,
+# copy); the demodulation is the forward's, saved. dW and dstyle are written in their dtypes by
+# the finalize.
 MODCONV_GLUE_FWD = 9
-MODCONV_GLUE_BWD = 10
+MODCONV_GLUE_BWD = 4
 
 
 def modconv_triton(

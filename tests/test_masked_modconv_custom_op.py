@@ -29,7 +29,27 @@ def test_opcheck_masked_modconv(demodulate):
     t = modconv_inputs(2, 16, 4, 5, "blob", torch.Generator().manual_seed(0))
     x, w, s = (t[k].requires_grad_(True) for k in ("x", "weight", "style"))
     torch.library.opcheck(_forward_op, (x, w, s, t["mask"], demodulate, 1e-8))
-    torch.library.opcheck(_backward_op, (t["dy"], x.detach(), w.detach(), s.detach(), t["mask"], demodulate, 1e-8))
+    d = _forward_op(x, w, s, t["mask"], demodulate, 1e-8)[1]
+    torch.library.opcheck(_backward_op, (t["dy"], x.detach(), w.detach(), s.detach(), t["mask"], d, demodulate))
+
+
+@needs_interpreter
+def test_backward_reuses_the_forward_demodulation(monkeypatch):
+    """The demodulation is computed once, in the forward, and saved: the backward does not recompute it."""
+    from giftnet.kernels.masked_modconv import autograd
+
+    calls = []
+    real = autograd.demodulation_coefficients
+    monkeypatch.setattr(autograd, "demodulation_coefficients", lambda *a: calls.append(1) or real(*a))
+    t = modconv_inputs(1, 17, 5, 7, "blob", torch.Generator().manual_seed(3))
+    x, w, s = (t[k].requires_grad_(True) for k in ("x", "weight", "style"))
+    y = kernels.masked_modconv2d(x, w, s, t["mask"], impl="triton")
+    assert len(calls) == 1
+    grads = torch.autograd.grad(y, (x, w, s), t["dy"])
+    assert len(calls) == 1
+    ref = kernels.masked_modconv2d(x, w, s, t["mask"], impl="reference")
+    for got, want in zip(grads, torch.autograd.grad(ref, (x, w, s), t["dy"]), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 @needs_interpreter

@@ -32,7 +32,11 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # treats each as one opaque node with a fake (shape-only) implementation: no graph break at the
 # kernel, and the Python around the launches (layout checks, autotuning) never gets traced.
 @torch.library.custom_op("giftnet::masked_modconv2d", mutates_args=())
-def _forward_op(x: Tensor, weight: Tensor, style: Tensor, mask: Tensor, demodulate: bool, eps: float) -> Tensor:
+def _forward_op(
+    x: Tensor, weight: Tensor, style: Tensor, mask: Tensor, demodulate: bool, eps: float
+) -> tuple[Tensor, Tensor]:
+    """(y, d): the result and the (B, C) fp32 demodulation coefficients, saved for the backward
+    (which would otherwise recompute them: six small launches)."""
     if x.dtype not in _DTYPES:
         raise ValueError(f"masked_modconv2d: x must be fp32, fp16 or bf16, got {x.dtype}")
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -40,7 +44,7 @@ def _forward_op(x: Tensor, weight: Tensor, style: Tensor, mask: Tensor, demodula
         m = dense(mask.detach().to(x.dtype))
         s = style.detach().float().contiguous()
         d = _demod(weight, s, demodulate, eps)
-        return conv3x3_scale_blend(x, pack_weight_forward(weight, x.dtype), s, d, m, x)
+        return conv3x3_scale_blend(x, pack_weight_forward(weight, x.dtype), s, d, m, x), d
 
 
 def _like(x: Tensor) -> Tensor:
@@ -51,27 +55,26 @@ def _like(x: Tensor) -> Tensor:
 
 @_forward_op.register_fake
 def _(x, weight, style, mask, demodulate, eps):
-    return _like(x)
+    return _like(x), style.new_empty(style.shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("giftnet::masked_modconv2d_backward", mutates_args=())
 def _backward_op(
-    dy: Tensor, x: Tensor, weight: Tensor, style: Tensor, mask: Tensor, demodulate: bool, eps: float
+    dy: Tensor, x: Tensor, weight: Tensor, style: Tensor, mask: Tensor, d: Tensor, demodulate: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dweight, dstyle) in the dtypes of x, weight and style."""
+    """(dx, dweight, dstyle) in the dtypes of x, weight and style; d: the forward's demodulation."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = dense(x)
         m = dense(mask.detach().to(x.dtype))
         dy = dense(dy.to(x.dtype))
         s = style.detach().float().contiguous()
-        d = _demod(weight, s, demodulate, eps)
         dx = conv3x3_scale_blend(dy, pack_weight_transposed(weight, x.dtype), d, s, m, dy)
         dw, ds = weight_style_grads(dy, x, m, weight, s, d if demodulate else None, style_dtype=style.dtype)
         return dx, dw, ds
 
 
 @_backward_op.register_fake
-def _(dy, x, weight, style, mask, demodulate, eps):
+def _(dy, x, weight, style, mask, d, demodulate):
     return _like(x), torch.empty_like(weight), torch.empty_like(style)
 
 
@@ -82,15 +85,16 @@ def _demod(weight: Tensor, s: Tensor, demodulate: bool, eps: float) -> Tensor:
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight, style, mask, demodulate, eps = inputs
-    ctx.save_for_backward(x, weight, style, mask)
-    ctx.demodulate, ctx.eps = demodulate, eps
+    x, weight, style, mask, demodulate, _eps = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(x, weight, style, mask, output[1])
+    ctx.demodulate = demodulate
 
 
-def _backward(ctx, dy):
-    """Gradients for x, weight and style; the mask is a constant."""
-    x, weight, style, mask = ctx.saved_tensors
-    dx, dw, ds = _backward_op(dy, x, weight, style, mask, ctx.demodulate, ctx.eps)
+def _backward(ctx, dy, _dd):
+    """Gradients for x, weight and style; the mask is a constant, d is not differentiable."""
+    x, weight, style, mask, d = ctx.saved_tensors
+    dx, dw, ds = _backward_op(dy, x, weight, style, mask, d, ctx.demodulate)
     need_x, need_w, need_s = ctx.needs_input_grad[:3]
     return dx if need_x else None, dw if need_w else None, ds if need_s else None, None, None, None
 
@@ -112,4 +116,4 @@ def masked_modconv2d_triton(
     Shapes are validated by the public function; the result has x's dtype and memory format.
     Runs as the custom op torch.ops.giftnet.masked_modconv2d (gradients by its backward op).
     """
-    return _forward_op(x, weight, style, mask.detach(), bool(demodulate), float(eps))
+    return _forward_op(x, weight, style, mask.detach(), bool(demodulate), float(eps))[0]

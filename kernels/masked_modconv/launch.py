@@ -19,17 +19,22 @@ from giftnet.kernels.masked_modconv.jit import conv3x3_scale_blend_kernel
 # channels. The narrow tile serves C = 32, the middle one C = 64/128, the wide one C = 128/256.
 # Each compiles without spills for sm_86 and sm_90 in fp32/fp16/bf16 and both layouts
 # (tests/test_aot_masked_modconv.py), also when specialized on 16-divisible shapes as at the
-# GiftNet sites; 128x128 tiles spill. No 8-warp config is register-capped (maxnreg, which
-# giftnet.kernels._dispatch.launch and giftnet.kernels.aot pass through): at 128 registers per thread, the cap
-# that lets two 8-warp blocks share an SM, the 8-warp conv tile spills 16-128 B of stack in the
-# generic compile (the site-specialized one fits); the weight/style gradient kernel
-# (launch_grads.py), which holds two fp32 channel tiles per program, is not capped either.
+# GiftNet sites; 128x128 tiles spill. No config is capped below the hardware's 255 registers per
+# thread (maxnreg, which giftnet.kernels._dispatch.launch and giftnet.kernels.aot pass through): at
+# 128, the cap that lets two 8-warp blocks share an SM, the 8-warp conv tile spills 16-128 B of
+# stack in the generic compile (the site-specialized one fits); the weight/style gradient kernel
+# (launch_grads.py), which holds two fp32 channel tiles per program, is not capped either. The
+# 8x8x64 tile states the 255 explicitly: without a cap, Triton 3.6's ptxas squeezes its fp16/bf16
+# NCHW site build to 128 registers on sm_86 and spills 4 B to get there (bench/results/aot-triton3.6.json);
+# told the real budget it spills nothing under Triton 3.6 and 3.9 alike, taking 127-179 registers
+# in fp16/bf16 (up to 233 in fp32): 2-3 blocks per SM where uncapped builds fit 3-4, a trade to
+# measure on the GPU. A cap of 168 (3 blocks) spills 8-24 B in 3.9's unspecialised compiles.
 # Pixel tiles are 2-D (BLOCK_H x BLOCK_W) so that a tile is compact and, on object masks, more
 # often entirely background (skipped): 8x8 tiles skip 75-87% of E1's tiles on real masks, rows of
 # 128 pixels 65-73% (bench/results/sites.md).
 FWD_CONFIGS = (
     triton.Config({"BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_O": 32, "BLOCK_I": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_H": 8, "BLOCK_W": 8, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=4, num_stages=3, maxnreg=255),
     triton.Config({"BLOCK_H": 8, "BLOCK_W": 16, "BLOCK_O": 64, "BLOCK_I": 32}, num_warps=8, num_stages=3),
 )
 # Under TRITON_INTERPRET=1 (no autotune) one fixed config; large tiles run fastest there. Tests

@@ -6,7 +6,7 @@ from giftnet.kernels.aot import AotSpec, site_divisible
 from giftnet.kernels.relation import jit_loss
 from giftnet.kernels.relation.jit import _channel_sum_kernel, _grad_kernel, _logits_kernel, _mean_kernel
 from giftnet.kernels.relation.launch import _TRITON_DTYPE, CONFIGS, DTYPES, MEAN_CONFIG
-from giftnet.kernels.relation.launch_loss import BLOCK_P, tile_config
+from giftnet.kernels.relation.launch_loss import BLOCK_P, LOGITS_MAXNREG, tile_config
 
 __all__ = ["AOT_LAYOUTS", "CONFIGS", "DTYPES", "LOSS_CHANNELS", "LOSS_DTYPES", "aot_divisible", "aot_specs"]
 
@@ -110,6 +110,7 @@ def _loss_specs() -> list[AotSpec]:
                             constexprs={**unit_strides, **extra, **meta},
                             num_warps=cfg["num_warps"],
                             num_stages=1,
+                            maxnreg=LOGITS_MAXNREG if name == "loss_logits" else None,
                         )
                     )
         sig = {k: "*fp32" for k in ("loss_part_ptr", "q_part_ptr", "u_ptr", "v_ptr", "loss_ptr", "q_ptr", "g_ptr")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from giftnet.kernels._dispatch import interpreter_enabled
 from giftnet.kernels.relation.jit_loss import (
     _finalize_kernel,
     _pair_logits_kernel,
@@ -21,6 +22,18 @@ from giftnet.kernels.relation.reference import AREA_EPS
 
 TILE_ELEMENTS = 1024  # CP * BLOCK_N per tile, at least 8 pixels (2048 and 4096 spill 8 B in generic compiles)
 BLOCK_P = 32  # per-program partials combined this many at a time
+# The logits kernel combines two (BLOCK_P, CP) fp32 blocks of partials. Left uncapped, ptxas aims
+# an 8-warp build at 64 registers and, under Triton 3.6, spills 4 B of the C = 256 fp32
+# channels_last site build on sm_86 to get there; at 128 (two 8-warp blocks per SM, where the
+# uncapped build fits three or four) it takes 105-128 and spills nothing at any C, dtype or
+# layout, under Triton 3.6 and 3.9. Smaller combine blocks (BLOCK_P 16 or 8) do not avoid it:
+# uncapped, ptxas then spills 8 B elsewhere at 32-64 registers.
+LOGITS_MAXNREG = 128
+
+
+def logits_cap() -> dict[str, int]:
+    """The logits kernel's register cap as a launch keyword (the interpreter has no registers)."""
+    return {} if interpreter_enabled() else {"maxnreg": LOGITS_MAXNREG}
 
 
 def tile_config(channels: int) -> dict[str, int]:
@@ -54,7 +67,7 @@ def loss_forward(
     se = new(2, b, p)
     _pair_logits_kernel[(b, p)](
         fs.x, ft.x, part, wsum, f, inv_area, z, mx, se, *strides, c, n, chunk, AREA_EPS, -float(gamma),
-        BLOCK_P=BLOCK_P, **meta,
+        BLOCK_P=BLOCK_P, **meta, **logits_cap(),
     )  # fmt: skip
     loss_part = new(b, p)
     q_part = new(b, p)
