@@ -160,7 +160,8 @@ def time_loader(pairs: list[Pair], cfg: dict, cores: int, backend: str, device: 
     if backend == "dali":
         processes = getattr(loader, "feed_processes", 0)
         feeder = f"feeder in {processes} process" if processes else "feeder inline"
-        decode = f"DALI {'GPU (mixed)' if device.type == 'cuda' else 'CPU'}, {feeder}"
+        where = "GPU (mixed)" if device.type == "cuda" else "CPU window decode, resize in torch"
+        decode = f"DALI {where}, {feeder}"
     del loader
     cpu2 = tree_cpu_seconds()
     total = first + count

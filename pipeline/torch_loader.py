@@ -1,8 +1,9 @@
 """Plain PyTorch loaders (DataLoader worker processes + giftnet.pipeline.images, the one decoder).
 
 The data benchmark's baseline, and the trainer's fallback where DALI is not installed. Crops and
-flips come from giftnet.pipeline.augment, so this backend yields the same crops as the DALI one, up to
-decoder and resampling rounding. Workers send uint8 images; normalisation happens on the
+flips come from giftnet.pipeline.augment and the resize from giftnet.pipeline.train_crop, so this
+backend yields the same batches as CPU-only DALI, bit for bit (and, on the GPU, the same crops up to
+nvJPEG's and DALI's resampling rounding). Workers send uint8 images; normalisation happens on the
 training device, which keeps the inter-process and host-to-device copies four times smaller.
 """
 
@@ -13,7 +14,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from giftnet.imagenet import normalise
@@ -26,32 +26,13 @@ from giftnet.pipeline.augment import (
 from giftnet.pipeline.images import read_rgb
 from giftnet.pipeline.pairs import DatasetError, Pair
 from giftnet.pipeline.resize import cv2_linear_resize_u8
+from giftnet.pipeline.train_crop import crop_tensors, resize_linear
 
 _DATASET_ERROR_PREFIX = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
 
 
 def _chw(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-def resize_linear(arr: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W, C) array -> (C, size, size) float, bilinear without antialiasing.
-
-    This is cv2.INTER_LINEAR, which iSSAM's albumentations pipeline (and so the paper) uses for
-    both the training crops and the "Fixed256" evaluation resize; DALI's fn.resize with
-    antialias=False computes the same.
-    """
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)[0]
-
-
-def resize_linear_u8(arr: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 (H, W, 3) -> uint8 (3, size, size): resize_linear in torch's fixed-point uint8 kernel.
-
-    Four times faster than the float path and within one level of it; used for training crops.
-    """
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)[0]
 
 
 class TrainSet(Dataset):
@@ -74,13 +55,7 @@ class TrainSet(Dataset):
         check_same_size((pair.composite, pair.mask, pair.real), (comp.shape[:2], mask.shape, real.shape[:2]))
         p = sample_crop(mask, crop_size=size, seed=self.seed, epoch=epoch, index=index)
         rows, cols = slice(p.top, p.top + p.height), slice(p.left, p.left + p.width)
-        out = {
-            "composite": resize_linear_u8(comp[rows, cols], size),
-            "real": resize_linear_u8(real[rows, cols], size),
-            "mask": (resize_linear(mask[rows, cols, None], size) / 255.0).clamp_(0.0, 1.0),
-        }
-        if p.flip:
-            out = {k: v.flip(-1) for k, v in out.items()}
+        out = crop_tensors(comp[rows, cols], real[rows, cols], mask[rows, cols], size, p.flip)
         return out | {"index": torch.tensor(index, dtype=torch.int64)}
 
 

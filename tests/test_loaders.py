@@ -89,17 +89,16 @@ def test_shards_are_disjoint_and_equal(pairs, backend, world_size):
 
 @needs_dali
 def test_dali_cpu_only_matches_torch_crops(pairs):
-    """CPU-only DALI (device_id=None) and PIL + torch give the same crops, to a rounding step."""
+    """CPU-only DALI (device_id=None) and PIL + torch give the same batches, bit for bit: the same
+    libjpeg-turbo pixels of the same windows, through the same resize and mirror tail."""
     assert dali_loader._device_id(torch.device("cpu")) is None
-    for a, b in zip(loader(pairs, "dali").epoch(5), loader(pairs, "torch").epoch(5), strict=True):
+    batches = list(zip(loader(pairs, "dali").epoch(5), loader(pairs, "torch").epoch(5), strict=True))
+    assert any(b["index"].numel() > 1 for b, _ in batches)
+    for a, b in batches:
         assert a["composite"].device.type == "cpu"
-        assert torch.equal(a["index"], b["index"])
-        for key in ("composite", "real"):
-            diff = (to_255(a[key]) - to_255(b[key])).abs()
-            # Same libjpeg-turbo pixels; torch's uint8 resize rounds in fixed point, DALI's in float.
-            assert float(diff.max()) <= 1.0 + 1e-3, key
-            assert float(diff.mean()) < 0.3, key
-        torch.testing.assert_close(a["mask"], b["mask"], atol=1e-4, rtol=0)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
 
 
 def _truncate_after_scan_header(path):
