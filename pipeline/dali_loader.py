@@ -1,4 +1,5 @@
-"""NVIDIA DALI loaders: JPEG decoding on the GPU (`device="mixed"`) with CUDA, on DALI's CPU threads without.
+"""NVIDIA DALI training loader and the graph helpers its evaluation twin (giftnet.pipeline.dali_eval)
+shares: JPEG decoding on the GPU (`device="mixed"`) with CUDA, on DALI's CPU threads without.
 
 Design. Training: giftnet.pipeline.dali_feed.TrainFeed feeds each batch (in DALI worker processes, the
 parallel external source, or in this process): the encoded composite, real and mask bytes and the
@@ -10,8 +11,8 @@ fn.crop_mirror_normalize. On the CPU those operators cost more than the decoding
 3.2 ms per pair at 640 px), so the graph stops at the windows and the DataLoader's own tail
 (giftnet.pipeline.train_crop: torch's uint8 resize, about 1.5 ms) finishes the batch in this
 thread: the batches are then the DataLoader's, bit for bit.
-Evaluation: a Python external source feeds the bytes and the mask decoded with PIL. DALI's own
-readers and random operators are not used: the crop depends on the mask and must be a pure
+Evaluation (giftnet.pipeline.dali_eval): a Python external source feeds the bytes and the mask
+decoded with PIL. DALI's own readers and random operators are not used: the crop depends on the mask and must be a pure
 function of (seed, epoch, pair index) so that both backends agree and a resumed run replays
 exactly. A pipeline is built per epoch() call (~50 ms) over just the batches asked for, so
 resuming at a batch decodes nothing before it.
@@ -29,12 +30,9 @@ in-flight batches with PIL.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,9 +42,6 @@ from giftnet.imagenet import MEAN_255, STD_255, normalise
 from giftnet.pipeline import images
 from giftnet.pipeline.augment import (
     ShardPlan,
-    check_same_size,
-    image_size,
-    read_mask,
 )
 from giftnet.pipeline.dali_feed import LAYOUTS, NUM_OUTPUTS, TrainFeed
 from giftnet.pipeline.index import index_pairs
@@ -63,7 +58,7 @@ try:
 except ImportError as _e:  # the trainer falls back to giftnet.pipeline.torch_loader
     DALI_IMPORT_ERROR = str(_e)
 
-_MEAN_255, _STD_255 = list(MEAN_255), list(STD_255)
+MEAN_255_LIST, STD_255_LIST = list(MEAN_255), list(STD_255)
 
 
 def require_dali() -> None:
@@ -75,21 +70,14 @@ def require_dali() -> None:
         )
 
 
-def _read_bytes(path: Path) -> np.ndarray:
-    """The encoded photo for DALI: as stored when DALI decodes it as giftnet.pipeline.images does, else
-    decoded by giftnet.pipeline.images (EXIF rotation, 16-bit scaling, palette, CMYK, ...) and re-encoded
-    losslessly, so both backends see the same pixels. Headers (pixel budget) are checked first."""
-    return images.dali_bytes(path)
-
-
-def _device_id(device: torch.device) -> int | None:
+def device_id(device: torch.device) -> int | None:
     """DALI's device_id: the CUDA device for GPU decoding, None for a CPU-only pipeline."""
     if device.type != "cuda":
         return None
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def _to_torch(tl: Any, device: torch.device) -> torch.Tensor:
+def to_torch(tl: Any, device: torch.device) -> torch.Tensor:
     """Copy a dense DALI TensorList into a new torch tensor on `device`."""
     t = tl.as_tensor()
     if isinstance(tl, TensorListGPU):
@@ -102,65 +90,19 @@ def _to_torch(tl: Any, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.array(t)).to(device, non_blocking=True)
 
 
-class _Feeder:
-    """The external source: one call per batch, in order, StopIteration after the last.
-
-    Per-sample work (file reads, mask PNG decode, crop sampling) runs on a thread pool when there
-    is one: PIL and file reads release the GIL. `pending` holds the batches handed to DALI and
-    not yet returned by it (DALI prefetches), so a decode error can be traced to a file.
-    """
-
-    def __init__(
-        self,
-        batches: Sequence[np.ndarray],
-        sample: Callable[[int], tuple[np.ndarray, ...]],
-        pool: concurrent.futures.Executor | None = None,
-    ) -> None:
-        self._batches = iter(batches)
-        self._sample = sample
-        self._map = pool.map if pool is not None else map
-        self.pending: collections.deque[np.ndarray] = collections.deque()
-
-    def __call__(self) -> list[list[np.ndarray]]:
-        batch = next(self._batches)
-        self.pending.append(batch)
-        samples = list(self._map(self._sample, (int(i) for i in batch)))
-        return [list(col) for col in zip(*samples, strict=True)]
-
-
 @dataclasses.dataclass
-class _InFlight:
-    """The batches DALI may have in flight, for naming a file it cannot decode (what `_run` reads)."""
+class InFlight:
+    """The batches DALI may have in flight, for naming a file it cannot decode (what run_pipeline reads)."""
 
     pending: collections.deque[np.ndarray]
 
 
-def _thread_pool(num_workers: int) -> concurrent.futures.ThreadPoolExecutor | None:
-    return concurrent.futures.ThreadPoolExecutor(num_workers, "dali-feeder") if num_workers > 1 else None
-
-
-class _PairFiles:
-    """Reads a pair for the external source: JPEG bytes, decoded mask, sizes checked once per pair."""
-
-    def __init__(self, pairs: Sequence[Pair]) -> None:
-        self.pairs = list(pairs)
-        self._checked: set[int] = set()
-
-    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pair = self.pairs[index]
-        comp, real, mask = _read_bytes(pair.composite), _read_bytes(pair.real), read_mask(pair.mask)
-        if index not in self._checked:
-            sizes = (image_size(pair.composite, comp.tobytes()), mask.shape, image_size(pair.real, real.tobytes()))
-            check_same_size((pair.composite, pair.mask, pair.real), sizes)
-            self._checked.add(index)
-        return comp, real, mask
-
-
-def _run(pipe: Pipeline, feeder: _Feeder | _InFlight, pairs: Sequence[Pair]) -> tuple:
+def run_pipeline(pipe: Pipeline, feeder: InFlight, pairs: Sequence[Pair]) -> tuple:
+    """pipe.run(), with a decode failure named by file (DatasetError); the oldest in-flight batch retired."""
     try:
         outs = pipe.run()
     except RuntimeError as e:
-        culprit = _find_undecodable(pairs, feeder.pending)
+        culprit = find_undecodable(pairs, feeder.pending)
         if culprit is not None:
             raise culprit from None
         if "decod" in str(e).lower() or "nvimagecodec" in str(e).lower():
@@ -171,7 +113,7 @@ def _run(pipe: Pipeline, feeder: _Feeder | _InFlight, pairs: Sequence[Pair]) -> 
     return outs
 
 
-def _find_undecodable(pairs: Sequence[Pair], batches: Sequence[np.ndarray]) -> DatasetError | None:
+def find_undecodable(pairs: Sequence[Pair], batches: Sequence[np.ndarray]) -> DatasetError | None:
     """Re-decode the in-flight files with PIL; the first failure names the file DALI choked on."""
     for batch in batches:
         for i in batch:
@@ -183,46 +125,21 @@ def _find_undecodable(pairs: Sequence[Pair], batches: Sequence[np.ndarray]) -> D
     return None
 
 
-def _serve(
-    build: Callable[[_Feeder], Pipeline],
-    batches: Sequence[np.ndarray],
-    sample: Callable[[int], tuple[np.ndarray, ...]],
-    num_workers: int,
-    pairs: Sequence[Pair],
-    convert: Callable[[tuple], dict[str, torch.Tensor]],
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Build a pipeline over `batches` and yield them converted; DALI's threads stop at the end."""
-    pool = _thread_pool(num_workers)
-    pipe = None
-    try:
-        feeder = _Feeder(batches, sample, pool)
-        pipe = build(feeder)
-        for _ in batches:
-            yield convert(_run(pipe, feeder, pairs))
-    finally:
-        # Stop DALI's threads now: a Pipeline sits in reference cycles, so dropping it waits for the
-        # garbage collector, and a DataLoader that forks meanwhile can deadlock on their locks.
-        if pipe is not None:
-            getattr(pipe, "_shutdown", lambda: None)()
-        del pipe
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-
-
-def _pipeline(batch_size: int, num_workers: int, device: torch.device, **extra: object) -> Pipeline:
+def build_pipeline(batch_size: int, num_workers: int, device: torch.device, **extra: object) -> Pipeline:
     return Pipeline(
         batch_size=batch_size,
         num_threads=max(1, num_workers),
-        device_id=_device_id(device),
+        device_id=device_id(device),
         **({"prefetch_queue_depth": 2} | extra),
     )
 
 
-def _decoder(device: torch.device, sliced: bool) -> Callable:
+def decoder(device: torch.device, sliced: bool) -> Callable:
     op = fn.decoders.image_slice if sliced else fn.decoders.image
     kwargs = {"normalized_anchor": False, "normalized_shape": False} if sliced else {}
     # Fancy upsampling: the same pixels as Pillow. Raw orientation: a file with an EXIF rotation
-    # reaches DALI already decoded, rotated and re-encoded by _read_bytes (so on the GPU too).
+    # reaches DALI already decoded, rotated and re-encoded by giftnet.pipeline.dali_eval.read_bytes or
+    # the index-driven feed (so on the GPU too).
     return functools.partial(
         op,
         device="mixed" if device.type == "cuda" else "cpu",
@@ -233,7 +150,7 @@ def _decoder(device: torch.device, sliced: bool) -> Callable:
     )
 
 
-def _chw(x: object, mirror: object = None, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> object:
+def to_chw(x: object, mirror: object = None, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> object:
     return fn.crop_mirror_normalize(
         x,
         mirror=0 if mirror is None else mirror,
@@ -307,8 +224,8 @@ class DaliTrainLoader:
             method = "spawn" if self.device.type == "cuda" else "fork"
             depth = max(2, self.feed_processes)
             extra = {"py_num_workers": self.feed_processes, "py_start_method": method, "prefetch_queue_depth": depth}
-        pipe = _pipeline(self.batch_size, self.num_workers, self.device, **extra)
-        decode = _decoder(self.device, sliced=True)
+        pipe = build_pipeline(self.batch_size, self.num_workers, self.device, **extra)
+        decode = decoder(self.device, sliced=True)
         with pipe:
             comp, real, mask, anchor, shape, flip, index = fn.external_source(
                 source=feed, num_outputs=NUM_OUTPUTS, batch=True, batch_info=True, parallel=parallel, layout=LAYOUTS
@@ -325,9 +242,9 @@ class DaliTrainLoader:
             mask = decode(mask, anchor, shape, output_type=types.GRAY)
             mask = dmath.clamp(resize(mask, dtype=types.FLOAT), 0.0, 255.0)  # filter round-off
             pipe.set_outputs(
-                _chw(comp, flip, _MEAN_255, _STD_255),
-                _chw(real, flip, _MEAN_255, _STD_255),
-                _chw(mask, flip, std=(255.0,)),
+                to_chw(comp, flip, MEAN_255_LIST, STD_255_LIST),
+                to_chw(real, flip, MEAN_255_LIST, STD_255_LIST),
+                to_chw(mask, flip, std=(255.0,)),
                 index,
             )
         return pipe
@@ -342,15 +259,15 @@ class DaliTrainLoader:
             pipe.build()
             convert = self._convert if self.device.type == "cuda" else self._host_batch
             for k in range(len(batches)):
-                inflight = _InFlight(collections.deque(batches[k : k + 3]))
-                yield convert(_run_fed(pipe, inflight, self.pairs))
+                inflight = InFlight(collections.deque(batches[k : k + 3]))
+                yield convert(run_fed(pipe, inflight, self.pairs))
         finally:
-            getattr(pipe, "_shutdown", lambda: None)()  # see _serve: stop DALI's threads and workers now
+            getattr(pipe, "_shutdown", lambda: None)()  # stop DALI's threads and workers now (see dali_eval.serve)
             del pipe
 
     def _convert(self, outs: tuple) -> dict[str, torch.Tensor]:
         keys = ("composite", "real", "mask", "index")
-        return {k: _to_torch(o, self.device) for k, o in zip(keys, outs, strict=True)}
+        return {k: to_torch(o, self.device) for k, o in zip(keys, outs, strict=True)}
 
     def _host_batch(self, outs: tuple) -> dict[str, torch.Tensor]:
         """The CPU graph's decoded windows -> a batch, through the DataLoader's own tail
@@ -364,72 +281,18 @@ class DaliTrainLoader:
         ]
         batch = {k: torch.stack([c[k] for c in crops]) for k in ("composite", "real", "mask")}
         batch["composite"], batch["real"] = normalise(batch["composite"]), normalise(batch["real"])
-        return batch | {"index": _to_torch(index, self.device)}
+        return batch | {"index": to_torch(index, self.device)}
 
 
 _WORKER_ERROR = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
 
 
-def _run_fed(pipe: Pipeline, inflight: _InFlight, pairs: Sequence[Pair]) -> tuple:
+def run_fed(pipe: Pipeline, inflight: InFlight, pairs: Sequence[Pair]) -> tuple:
     """_run, also turning a DatasetError raised in a DALI worker process back into one."""
     try:
-        return _run(pipe, inflight, pairs)
+        return run_pipeline(pipe, inflight, pairs)
     except Exception as e:  # DALI re-raises a worker's exception as a bare Exception with its traceback
         text = str(e)
         if type(e) is Exception and _WORKER_ERROR in text:
             raise DatasetError(text.split(_WORKER_ERROR)[-1].strip().splitlines()[0]) from None
         raise
-
-
-class DaliEvalLoader:
-    """Evaluation batches ("Fixed256") from a DALI pipeline; see loaders.make_eval_loader."""
-
-    backend = "dali"
-
-    def __init__(
-        self, pairs: Sequence[Pair], *, batch_size: int, size: int, device: torch.device, num_workers: int
-    ) -> None:
-        require_dali()
-        self.pairs = list(pairs)
-        self._files = _PairFiles(self.pairs)
-        self.batch_size, self.size, self.device, self.num_workers = batch_size, size, device, num_workers
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.pairs) / self.batch_size)
-
-    def _sample(self, index: int) -> tuple[np.ndarray, ...]:
-        comp, real, mask = self._files(index)
-        return comp, real, mask[:, :, None], np.array(index, dtype=np.int64)
-
-    def _build(self, feeder: _Feeder) -> Pipeline:
-        # Bilinear without antialiasing, as iSSAM's cv2.INTER_LINEAR "Fixed256" resize.
-        resize = functools.partial(fn.resize, size=[self.size, self.size], antialias=False)
-        pipe = _pipeline(self.batch_size, self.num_workers, self.device)
-        decode = _decoder(self.device, sliced=False)
-        with pipe:
-            comp, real, mask, index = fn.external_source(
-                source=feeder, num_outputs=4, batch=True, layout=["", "", "HWC", ""]
-            )
-            comp, real = (resize(decode(x)) for x in (comp, real))
-            if self.device.type == "cuda":
-                mask = mask.gpu()
-            pipe.set_outputs(
-                _chw(comp, None, _MEAN_255, _STD_255),
-                _chw(dmath.clamp(resize(mask, dtype=types.FLOAT), 0.0, 255.0), None, std=(255.0,)),
-                _chw(comp),
-                _chw(real),
-                index,
-            )
-        pipe.build()
-        return pipe
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        n, b = len(self.pairs), self.batch_size
-        batches = [np.arange(s, min(s + b, n), dtype=np.int64) for s in range(0, n, b)]
-        if not batches:
-            return
-        yield from _serve(self._build, batches, self._sample, self.num_workers, self.pairs, self._convert)
-
-    def _convert(self, outs: tuple) -> dict[str, torch.Tensor]:
-        keys = ("composite", "mask", "composite_255", "real_255", "index")
-        return {k: _to_torch(o, self.device) for k, o in zip(keys, outs, strict=True)}

@@ -16,7 +16,8 @@ from giftnet.choices import BACKENDS
 from giftnet.errors import ConfigError
 from giftnet.messages import first_n
 from giftnet.pipeline import dali_loader
-from giftnet.pipeline.dali_loader import DaliEvalLoader, DaliTrainLoader
+from giftnet.pipeline.dali_eval import DaliEvalLoader
+from giftnet.pipeline.dali_loader import DaliTrainLoader
 from giftnet.pipeline.pairs import DatasetError, Pair
 from giftnet.pipeline.torch_loader import TorchEvalLoader, TorchTrainLoader
 

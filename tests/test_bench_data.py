@@ -35,7 +35,9 @@ def test_tiny_benchmark_reports_feeder_torch_and_dali(tmp_path):
     if dali_loader.DALI_IMPORT_ERROR is None:
         assert dali_row["pairs_per_s"] > 0
         assert dali_row["vs_torch"] == round(dali_row["pairs_per_s"] / torch_row["pairs_per_s"], 2)
-        assert dali_row["decode"] == "DALI CPU window decode, resize in torch, feeder inline"  # the CPU decodes: no feeder process
+        assert (
+            dali_row["decode"] == "DALI CPU window decode, resize in torch, feeder inline"
+        )  # the CPU decodes: no feeder process
         assert dali_row["epoch_vs_torch"] == round(dali_row["epoch_pairs_per_s"] / torch_row["epoch_pairs_per_s"], 2)
     else:
         assert "DALI" in dali_row["skipped"] and dali_row["pairs_per_s"] is None

@@ -14,7 +14,7 @@ from conftest import png_bytes
 from PIL import Image
 
 from giftnet.errors import DataError
-from giftnet.pipeline import dali_loader, images
+from giftnet.pipeline import dali_eval, dali_loader, images
 from giftnet.pipeline.check import check_dataset
 from giftnet.pipeline.loaders import make_eval_loader, make_train_loader
 from giftnet.pipeline.pairs import Pair
@@ -145,7 +145,7 @@ def _dali_decode(data: np.ndarray) -> np.ndarray:
     pipe = Pipeline(batch_size=1, num_threads=1, device_id=None)
     with pipe:
         encoded = fn.external_source(source=lambda: [data], batch=True)
-        pipe.set_outputs(dali_loader._decoder(torch.device("cpu"), sliced=False)(encoded))
+        pipe.set_outputs(dali_loader.decoder(torch.device("cpu"), sliced=False)(encoded))
     pipe.build()
     (out,) = pipe.run()
     return np.array(out.as_tensor())[0]
@@ -156,7 +156,7 @@ def _dali_decode(data: np.ndarray) -> np.ndarray:
 def test_dali_decodes_the_bytes_it_is_fed_to_the_shared_decoders_pixels(tmp_path, kind):
     """DALI's decoder ignores EXIF here and scales 16-bit as rint(v/257): such files reach it re-encoded."""
     path = _write(tmp_path / "x.img", kind)
-    np.testing.assert_array_equal(_dali_decode(dali_loader._read_bytes(path)), images.read_rgb(path))
+    np.testing.assert_array_equal(_dali_decode(dali_eval.read_bytes(path)), images.read_rgb(path))
 
 
 @needs_dali

@@ -91,7 +91,7 @@ def test_shards_are_disjoint_and_equal(pairs, backend, world_size):
 def test_dali_cpu_only_matches_torch_crops(pairs):
     """CPU-only DALI (device_id=None) and PIL + torch give the same batches, bit for bit: the same
     libjpeg-turbo pixels of the same windows, through the same resize and mirror tail."""
-    assert dali_loader._device_id(torch.device("cpu")) is None
+    assert dali_loader.device_id(torch.device("cpu")) is None
     batches = list(zip(loader(pairs, "dali").epoch(5), loader(pairs, "torch").epoch(5), strict=True))
     assert any(b["index"].numel() > 1 for b, _ in batches)
     for a, b in batches:

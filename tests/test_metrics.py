@@ -46,11 +46,11 @@ def test_fssim_data_range_is_the_predictions_max_minus_min_by_hand():
     c1 = (0.01 * 50.0) ** 2
     expected = (2 * 100 * 120 + c1) / (100**2 + 120**2 + c1)
     assert data_range(pred, "pred").item() == 50.0
-    assert fssim(pred, gt, mask).item() == pytest.approx(expected, rel=1e-12)  # the default
-    assert fssim(pred, gt, mask, value_range="pred").item() == pytest.approx(expected, rel=1e-12)
+    assert fssim(pred, gt, mask).item() == pytest.approx(expected, rel=1e-10)  # the default
+    assert fssim(pred, gt, mask, value_range="pred").item() == pytest.approx(expected, rel=1e-10)
     c1_255 = (0.01 * 255.0) ** 2
     assert fssim(pred, gt, mask, value_range="255").item() == pytest.approx(
-        (2 * 100 * 120 + c1_255) / (100**2 + 120**2 + c1_255), rel=1e-12
+        (2 * 100 * 120 + c1_255) / (100**2 + 120**2 + c1_255), rel=1e-10
     )
     # the two conventions really differ here (a smaller L punishes the same offset more)
     assert fssim(pred, gt, mask, value_range="pred").item() < fssim(pred, gt, mask, value_range="255").item()

@@ -72,20 +72,23 @@ def test_two_nodes_of_two_ranks_match_one_process(tiny_data, tmp_path):
         single, multi = load_file(single_out / name), load_file(multi_out / name)
         assert single.keys() == multi.keys()
         for k in single:
-            # atol 1e-5, not the two-process test's 1e-6: four partial sums of one image each are
-            # added in another order than one batch of four, and the rounding grows over 8 steps.
+            # atol 5e-5, not the two-process test's 1e-6: four partial sums of one image each are
+            # added in another order than one batch of four, and the rounding grows over 8 steps
+            # (up to 1.5e-5 seen on an Intel Xeon, under 1e-5 on an AMD EPYC; a sharding or
+            # averaging mistake moves weights by 1e-3 and more).
             torch.testing.assert_close(
-                multi[k], single[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k, n=name: f"{n} {k}: {m}"
+                multi[k], single[k], rtol=1e-4, atol=5e-5, msg=lambda m, k=k, n=name: f"{n} {k}: {m}"
             )
 
     # One stats record per step, written once (four writers would give four times as many lines),
-    # and the logged losses (means over ranks) equal the single process's.
+    # and the logged losses (means over ranks) equal the single process's, to the same rounding
+    # (1.5e-5 relative seen on an Intel Xeon).
     losses = [
         [json.loads(line)["total"] for line in (o / "stats.jsonl").read_text().splitlines()]
         for o in (single_out, multi_out)
     ]
     assert len(losses[1]) == len(losses[0]) == 8
-    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-4, atol=0)
     # Checkpoints: the same names as the single run (one writer per step, no per-rank copies).
     names = sorted(p.name for p in multi_out.glob("ckpt-*.safetensors"))
     assert names == sorted(p.name for p in single_out.glob("ckpt-*.safetensors"))

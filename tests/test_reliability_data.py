@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from giftnet.pipeline import augment, dali_loader, images
+from giftnet.pipeline import augment, dali_eval, dali_loader, images
 from giftnet.pipeline.augment import epoch_order
 from giftnet.pipeline.check import check_dataset
 from giftnet.pipeline.ihd import read_pairs
@@ -55,7 +55,7 @@ def test_loaders_and_checker_read_every_mask_format_alike(tmp_path, fmt):
     assert augment.read_mask(path).dtype == np.uint8
     np.testing.assert_array_equal(augment.read_mask(path), _box())  # 0/255 whatever the storage
     np.testing.assert_array_equal(augment.read_mask(path), np.rint(images.read_mask(path) * 255))
-    assert dali_loader.read_mask is augment.read_mask  # the DALI feeder decodes masks with it too
+    assert dali_eval.read_mask is augment.read_mask  # the DALI feeder decodes masks with it too
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
