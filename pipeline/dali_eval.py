@@ -2,8 +2,10 @@
 
 A Python external source feeds, in order, each pair's encoded composite and real image (as
 stored, or re-encoded losslessly where DALI would not decode them as giftnet.pipeline.images
-does: read_bytes) and its mask decoded with PIL; DALI decodes the images (on the GPU with CUDA)
-and resizes images and mask bilinearly without antialiasing. The graph helpers and the decode
+does: read_bytes) and its mask decoded with PIL. With CUDA, DALI decodes the images on the GPU
+and resizes images and mask bilinearly without antialiasing (within a grey level of OpenCV). On
+the CPU DALI only decodes, and the DataLoader's own tail resizes as OpenCV does, bit for bit
+(giftnet.pipeline.host_tail), so both backends give the same batches and the same metrics. The graph helpers and the decode
 error mapping are giftnet.pipeline.dali_loader's.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from giftnet.imagenet import normalise
 from giftnet.pipeline import images
 from giftnet.pipeline.augment import check_same_size, image_size, read_mask
 from giftnet.pipeline.dali_loader import (
@@ -32,6 +35,7 @@ from giftnet.pipeline.dali_loader import (
     to_chw,
     to_torch,
 )
+from giftnet.pipeline.host_tail import fixed_tensors
 from giftnet.pipeline.pairs import Pair
 
 try:
@@ -151,6 +155,11 @@ class DaliEvalLoader:
             comp, real, mask, index = fn.external_source(
                 source=feeder, num_outputs=4, batch=True, layout=["", "", "HWC", ""]
             )
+            if self.device.type != "cuda":
+                # On the CPU DALI only decodes; _host_batch resizes as OpenCV does (as the DataLoader).
+                pipe.set_outputs(decode(comp), decode(real), mask, index)
+                pipe.build()
+                return pipe
             comp, real = (resize(decode(x)) for x in (comp, real))
             if self.device.type == "cuda":
                 mask = mask.gpu()
@@ -169,8 +178,26 @@ class DaliEvalLoader:
         batches = [np.arange(s, min(s + b, n), dtype=np.int64) for s in range(0, n, b)]
         if not batches:
             return
-        yield from serve(self._build, batches, self._sample, self.num_workers, self.pairs, self._convert)
+        convert = self._convert if self.device.type == "cuda" else self._host_batch
+        yield from serve(self._build, batches, self._sample, self.num_workers, self.pairs, convert)
 
     def _convert(self, outs: tuple) -> dict[str, torch.Tensor]:
         keys = ("composite", "mask", "composite_255", "real_255", "index")
         return {k: to_torch(o, self.device) for k, o in zip(keys, outs, strict=True)}
+
+    def _host_batch(self, outs: tuple) -> dict[str, torch.Tensor]:
+        """The CPU graph's decoded images -> a batch, resized by the DataLoader's own tail
+        (giftnet.pipeline.host_tail.fixed_tensors: OpenCV's INTER_LINEAR, bit for bit)."""
+        comp, real, mask, index = outs
+        samples = [
+            fixed_tensors(np.asarray(comp[i]), np.asarray(real[i]), np.asarray(mask[i]), self.size)
+            for i in range(len(comp))
+        ]
+        comp_255, real_255 = (torch.stack([s[k] for s in samples]) for k in ("composite", "real"))
+        return {
+            "composite": normalise(comp_255),
+            "mask": torch.stack([s["mask"] for s in samples]),
+            "composite_255": comp_255.float(),
+            "real_255": real_255.float(),
+            "index": to_torch(index, self.device),
+        }

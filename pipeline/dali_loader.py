@@ -9,7 +9,7 @@ too, as 8-bit grayscale). On the GPU it resizes the window bilinearly without an
 (cv2.INTER_LINEAR, as iSSAM), and mirrors, normalises and transposes it to CHW in one
 fn.crop_mirror_normalize. On the CPU those operators cost more than the decoding (4.6 against
 3.2 ms per pair at 640 px), so the graph stops at the windows and the DataLoader's own tail
-(giftnet.pipeline.train_crop: torch's uint8 resize, about 1.5 ms) finishes the batch in this
+(giftnet.pipeline.host_tail: torch's uint8 resize, about 1.5 ms) finishes the batch in this
 thread: the batches are then the DataLoader's, bit for bit.
 Evaluation (giftnet.pipeline.dali_eval): a Python external source feeds the bytes and the mask
 decoded with PIL. DALI's own readers and random operators are not used: the crop depends on the mask and must be a pure
@@ -44,9 +44,9 @@ from giftnet.pipeline.augment import (
     ShardPlan,
 )
 from giftnet.pipeline.dali_feed import LAYOUTS, NUM_OUTPUTS, TrainFeed
+from giftnet.pipeline.host_tail import crop_tensors
 from giftnet.pipeline.index import index_pairs
 from giftnet.pipeline.pairs import DatasetError, Pair
-from giftnet.pipeline.train_crop import crop_tensors
 
 try:
     from nvidia.dali import fn, types
@@ -271,7 +271,7 @@ class DaliTrainLoader:
 
     def _host_batch(self, outs: tuple) -> dict[str, torch.Tensor]:
         """The CPU graph's decoded windows -> a batch, through the DataLoader's own tail
-        (giftnet.pipeline.train_crop): DALI's CPU resize and normalise would cost more than its decoding."""
+        (giftnet.pipeline.host_tail): DALI's CPU resize and normalise would cost more than its decoding."""
         comp, real, mask, flip, index = outs
         flips = np.asarray(flip.as_tensor()).reshape(-1)
         # In this thread: a thread pool here (tried) took CPU from DALI's decoding threads and was slower.

@@ -1,7 +1,7 @@
 """Plain PyTorch loaders (DataLoader worker processes + giftnet.pipeline.images, the one decoder).
 
 The data benchmark's baseline, and the trainer's fallback where DALI is not installed. Crops and
-flips come from giftnet.pipeline.augment and the resize from giftnet.pipeline.train_crop, so this
+flips come from giftnet.pipeline.augment and the resize from giftnet.pipeline.host_tail, so this
 backend yields the same batches as CPU-only DALI, bit for bit (and, on the GPU, the same crops up to
 nvJPEG's and DALI's resampling rounding). Workers send uint8 images; normalisation happens on the
 training device, which keeps the inter-process and host-to-device copies four times smaller.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -23,16 +22,11 @@ from giftnet.pipeline.augment import (
     read_mask,
     sample_crop,
 )
+from giftnet.pipeline.host_tail import crop_tensors, fixed_tensors
 from giftnet.pipeline.images import read_rgb
 from giftnet.pipeline.pairs import DatasetError, Pair
-from giftnet.pipeline.resize import cv2_linear_resize_u8
-from giftnet.pipeline.train_crop import crop_tensors, resize_linear
 
 _DATASET_ERROR_PREFIX = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
-
-
-def _chw(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 class TrainSet(Dataset):
@@ -74,13 +68,8 @@ class EvalSet(Dataset):
         mask = read_mask(pair.mask)
         comp, real = read_rgb(pair.composite), read_rgb(pair.real)
         check_same_size((pair.composite, pair.mask, pair.real), (comp.shape[:2], mask.shape, real.shape[:2]))
-        return {
-            # OpenCV's fixed-point INTER_LINEAR, bit for bit, as iSSAM's evaluation resizes images.
-            "composite": _chw(cv2_linear_resize_u8(comp, self.size, self.size)),
-            "real": _chw(cv2_linear_resize_u8(real, self.size, self.size)),
-            "mask": (resize_linear(mask[:, :, None], self.size) / 255.0).clamp_(0.0, 1.0),
-            "index": torch.tensor(index, dtype=torch.int64),
-        }
+        # OpenCV's fixed-point INTER_LINEAR, bit for bit, as iSSAM's evaluation resizes images.
+        return fixed_tensors(comp, real, mask, self.size) | {"index": torch.tensor(index, dtype=torch.int64)}
 
 
 def _iterate(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:

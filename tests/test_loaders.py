@@ -164,13 +164,15 @@ def test_eval_loader_in_order_with_soft_mask(pairs, backend):
 
 @needs_dali
 def test_eval_backends_agree(pairs):
+    """On the CPU both backends resize as OpenCV does: the same batches, bit for bit (so the same metrics)."""
     dali = make_eval_loader(pairs, batch_size=4, size=64, backend="dali", num_workers=1)
     pil = make_eval_loader(pairs, batch_size=4, size=64, backend="torch", num_workers=0)
-    for a, b in zip(dali, pil, strict=True):
-        assert torch.equal(a["index"], b["index"])
-        for key in ("composite_255", "real_255"):
-            assert float((a[key] - b[key]).abs().max()) <= 1.0
-        torch.testing.assert_close(a["mask"], b["mask"], atol=1e-4, rtol=0)
+    batches = list(zip(dali, pil, strict=True))
+    assert len(batches) == len(pil) >= 2
+    for a, b in batches:
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
 
 
 def test_backend_choice(monkeypatch, pairs):
