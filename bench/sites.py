@@ -200,14 +200,9 @@ def _speedup_table(stats: dict[str, dict], sites: dict[str, tuple[int, int]]) ->
     return [*out, ""]
 
 
-def build_report(stats: dict[str, dict], command: str) -> str:
-    """The whole Markdown report."""
-    sites = site_shapes()
+def _intro(command: str, shapes: dict[str, Shape]) -> list[str]:
+    """The report's opening: what the figures are, the hardware figures used, the site shapes."""
     info = machine()
-    shapes = {k: Shape(BATCH, c, side) for k, (c, side) in sites.items()}
-    feat_mb = {k: s.feat / 1e6 for k, s in shapes.items()}
-    mod = {k: modconv_rows(s, kernel_skips(stats, s.c, s.side)) for k, s in shapes.items()}
-    rel = {k: relation_rows(shapes[k]) for k in RELATION_SITES}
     lines = [
         "# GiftNet sites: bytes, FLOPs, launches per call, and the background on real masks",
         "",
@@ -238,7 +233,17 @@ def build_report(stats: dict[str, dict], command: str) -> str:
     ]
     for k, s in shapes.items():
         lines.append(f"| {k} | {s.c} | {s.side} | {s.feat / 1e6:.1f} | {s.conv_flops / 1e9:.2f} |")
-    lines += [""]
+    return [*lines, ""]
+
+
+def build_report(stats: dict[str, dict], command: str) -> str:
+    """The whole Markdown report."""
+    sites = site_shapes()
+    shapes = {k: Shape(BATCH, c, side) for k, (c, side) in sites.items()}
+    feat_mb = {k: s.feat / 1e6 for k, s in shapes.items()}
+    mod = {k: modconv_rows(s, kernel_skips(stats, s.c, s.side)) for k, s in shapes.items()}
+    rel = {k: relation_rows(shapes[k]) for k in RELATION_SITES}
+    lines = _intro(command, shapes)
     lines += _cost_table("Masked modulated convolution, fwd+bwd per call", mod, "eager", feat_mb)
     lines += [
         "Feature passes = DRAM bytes / one feature map. L2 req.: bytes the SMs request from L2 in",
