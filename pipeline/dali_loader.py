@@ -12,9 +12,9 @@ fn.crop_mirror_normalize. On the CPU those operators cost more than the decoding
 (giftnet.pipeline.host_tail: torch's uint8 resize, about 1.5 ms) finishes the batch in this
 thread: the batches are then the DataLoader's, bit for bit.
 Evaluation (giftnet.pipeline.dali_eval): a Python external source feeds the bytes and the mask
-decoded with PIL. DALI's own readers and random operators are not used: the crop depends on the mask and must be a pure
-function of (seed, epoch, pair index) so that both backends agree and a resumed run replays
-exactly. A pipeline is built per epoch() call (~50 ms) over just the batches asked for, so
+decoded with PIL. DALI's own readers and random operators are not used: the crop depends on the
+mask and must be a pure function of (seed, epoch, pair index) so that both backends agree and a
+resumed run replays exactly. A pipeline is built per epoch() call (~50 ms) over just the batches asked for, so
 resuming at a batch decodes nothing before it.
 
 Decoding policy: giftnet.pipeline.images, the package's one decoder, decides per file (from its header)
