@@ -20,6 +20,16 @@ class Ablation:
     paper_fmse: float
     paper_psnr: float
 
+    # What makes a row a row; the other model and loss settings (widths, init, losses, kernels)
+    # are the run's own, so a config file's choices survive --ablation.
+    MODEL_FIELDS = ("gift_sites", "guidance")
+    LOSS_FIELDS = ("distill", "distill_sites")
+
+    def overrides(self) -> tuple[dict, dict]:
+        """The (model, loss) config fields this row sets, as config-file values."""
+        model, loss = self.model.to_dict(), self.loss.to_dict()
+        return {k: model[k] for k in self.MODEL_FIELDS}, {k: loss[k] for k in self.LOSS_FIELDS}
+
 
 def _row(row, description, sites, mse, fmse, psnr, guidance="global", distill="none", distill_sites=E):
     return Ablation(

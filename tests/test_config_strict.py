@@ -90,12 +90,17 @@ def test_valid_json_values_are_accepted_with_their_types(tmp_path):
 
 def test_precedence_profile_file_ablation_flags(tmp_path):
     config = tmp_path / "c.json"
-    config.write_text(json.dumps({"epochs": 5, "lr": 0.5, "model": {"base_channels": 16}}))
+    model = {"base_channels": 16, "gift_init_noise": 0.5, "gift_sites": ["E1"]}
+    loss = {"harmonization": "fn_mse", "distill": "feature", "distill_weight": 0.5}
+    config.write_text(json.dumps({"epochs": 5, "lr": 0.5, "model": model, "loss": loss}))
     argv = ["--config", str(config), "--data", "x", "--epochs", "7", "--ablation", "2", "--guidance", "self"]
     cfg = resolve(parser().parse_args(argv))
     assert cfg.epochs == 7 and cfg.lr == 0.5  # flag over file; file over default
     assert cfg.model.gift_sites == ("D3",) and cfg.model.guidance == "self"  # ablation row, then the flag
-    assert cfg.model.base_channels == 32  # the ablation row sets the whole model config
+    assert cfg.loss.distill == "none" and cfg.loss.distill_sites == ()  # the row: no distillation
+    # what does not define a row stays as the file set it
+    assert (cfg.model.base_channels, cfg.model.gift_init_noise) == (16, 0.5)
+    assert (cfg.loss.harmonization, cfg.loss.distill_weight) == ("fn_mse", 0.5)
     demo = resolve(parser().parse_args([]))
     assert demo.out == "runs/demo" and demo.data is None  # no --data: the demo profile
 

@@ -32,7 +32,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=S, help="JSON file of config fields (flags override it)")
     p.add_argument("--resume", type=Path, default=S, metavar="RUN", help="continue the run in this folder exactly")
     p.add_argument("--dry-run", action="store_true", help="check config, devices, weights and data; train nothing")
-    p.add_argument("--ablation", type=int, default=S, metavar="ROW", help="model and loss of the paper's Table 3 row")
+    p.add_argument(
+        "--ablation",
+        type=int,
+        default=S,
+        metavar="ROW",
+        help="GIFT sites, guidance and distillation of the paper's Table 3 row",
+    )
     add_arguments(p.add_argument_group("training run"), TrainConfig)
     add_arguments(p.add_argument_group("model (stored in the weights)"), ModelConfig, "model.")
     add_arguments(p.add_argument_group("loss"), LossConfig, "loss.")
@@ -85,9 +91,9 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     merged |= base
     sections = {name: dict(merged.pop(name, {})) for name in SECTIONS}
     if "ablation" in given:
-        row = ablation(given["ablation"])
-        sections["model"] |= row.model.to_dict()
-        sections["loss"] |= row.loss.to_dict()
+        model, loss = ablation(given["ablation"]).overrides()
+        sections["model"] |= model
+        sections["loss"] |= loss
     for dest, value in given.items():
         head, _, field = dest.partition(".")
         if field and head in SECTIONS:
