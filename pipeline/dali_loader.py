@@ -274,7 +274,7 @@ class DaliTrainLoader:
         (giftnet.pipeline.host_tail): DALI's CPU resize and normalise would cost more than its decoding."""
         comp, real, mask, flip, index = outs
         flips = np.asarray(flip.as_tensor()).reshape(-1)
-        # In this thread: a thread pool here (tried) took CPU from DALI's decoding threads and was slower.
+        # In this thread: a thread pool here gave the same rates on two cores (bench/results/data_pipeline.md).
         crops = [
             crop_tensors(np.asarray(comp[i]), np.asarray(real[i]), np.asarray(mask[i]), self.crop_size, bool(flips[i]))
             for i in range(len(flips))
