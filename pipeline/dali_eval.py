@@ -5,8 +5,8 @@ stored, or re-encoded losslessly where DALI would not decode them as giftnet.pip
 does: read_bytes) and its mask decoded with PIL. With CUDA, DALI decodes the images on the GPU
 and resizes images and mask bilinearly without antialiasing (within a grey level of OpenCV). On
 the CPU DALI only decodes, and the DataLoader's own tail resizes as OpenCV does, bit for bit
-(giftnet.pipeline.host_tail), so both backends give the same batches and the same metrics. The graph helpers and the decode
-error mapping are giftnet.pipeline.dali_loader's.
+(giftnet.pipeline.host_tail), so both backends give the same batches and the same metrics. The
+graph helpers and the decode error mapping are giftnet.pipeline.dali_loader's.
 """
 
 from __future__ import annotations
@@ -147,8 +147,6 @@ class DaliEvalLoader:
         return comp, real, mask[:, :, None], np.array(index, dtype=np.int64)
 
     def _build(self, feeder: _Feeder) -> Pipeline:
-        # Bilinear without antialiasing, as iSSAM's cv2.INTER_LINEAR "Fixed256" resize.
-        resize = functools.partial(fn.resize, size=[self.size, self.size], antialias=False)
         pipe = build_pipeline(self.batch_size, self.num_workers, self.device)
         decode = decoder(self.device, sliced=False)
         with pipe:
@@ -160,9 +158,10 @@ class DaliEvalLoader:
                 pipe.set_outputs(decode(comp), decode(real), mask, index)
                 pipe.build()
                 return pipe
+            # Bilinear without antialiasing, as iSSAM's cv2.INTER_LINEAR "Fixed256" resize.
+            resize = functools.partial(fn.resize, size=[self.size, self.size], antialias=False)
             comp, real = (resize(decode(x)) for x in (comp, real))
-            if self.device.type == "cuda":
-                mask = mask.gpu()
+            mask = mask.gpu()
             pipe.set_outputs(
                 to_chw(comp, None, MEAN_255_LIST, STD_255_LIST),
                 to_chw(dmath.clamp(resize(mask, dtype=types.FLOAT), 0.0, 255.0), None, std=(255.0,)),

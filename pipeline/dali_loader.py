@@ -14,8 +14,8 @@ thread: the batches are then the DataLoader's, bit for bit.
 Evaluation (giftnet.pipeline.dali_eval): a Python external source feeds the bytes and the mask
 decoded with PIL. DALI's own readers and random operators are not used: the crop depends on the
 mask and must be a pure function of (seed, epoch, pair index) so that both backends agree and a
-resumed run replays exactly. A pipeline is built per epoch() call (~50 ms) over just the batches asked for, so
-resuming at a batch decodes nothing before it.
+resumed run replays exactly. A pipeline is built per epoch() call (~50 ms) over just the batches
+asked for, so resuming at a batch decodes nothing before it.
 
 Decoding policy: giftnet.pipeline.images, the package's one decoder, decides per file (from its header)
 whether DALI may decode the stored bytes (plain 8-bit RGB/gray JPEG and PNG without EXIF rotation:

@@ -1,7 +1,7 @@
 """The tail of a sample, shared by both backends on the CPU: decoded pixels -> the batch's tensors.
 
-Training (crop_tensors): the window is the crop giftnet.pipeline.augment drew (top, left, height, width) as decoded pixels;
-this resizes it to the crop size (bilinear without antialiasing, cv2.INTER_LINEAR as iSSAM's
+Training (crop_tensors): the window is the crop giftnet.pipeline.augment drew (top, left, height,
+width) as decoded pixels; this resizes it to the crop size (bilinear without antialiasing, cv2.INTER_LINEAR as iSSAM's
 RandomResizedCrop; images in torch's fixed-point uint8 kernel, the mask in float) and mirrors it.
 The DataLoader's workers run it on PIL's pixels, CPU-only DALI on its window decodes (DALI's own
 CPU resize and normalise cost 4.6 ms per pair at 640 px against 3.2 ms for its decoding; this tail
@@ -40,6 +40,11 @@ def resize_linear_u8(arr: np.ndarray, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)[0]
 
 
+def soft_mask(mask: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (h, w) or (h, w, 1) mask -> (1, size, size) float in [0, 1], bilinear (it stays soft)."""
+    return (resize_linear(mask.reshape(*mask.shape[:2], 1), size) / 255.0).clamp_(0.0, 1.0)
+
+
 def crop_tensors(
     comp: np.ndarray,  # (h, w, 3) uint8: the composite's window
     real: np.ndarray,  # (h, w, 3) uint8: the real image's window
@@ -51,7 +56,7 @@ def crop_tensors(
     out = {
         "composite": resize_linear_u8(comp, size),
         "real": resize_linear_u8(real, size),
-        "mask": (resize_linear(mask.reshape(*mask.shape[:2], 1), size) / 255.0).clamp_(0.0, 1.0),
+        "mask": soft_mask(mask, size),
     }
     if flip:
         out = {k: v.flip(-1) for k, v in out.items()}
@@ -72,5 +77,5 @@ def fixed_tensors(
     return {
         "composite": _chw(cv2_linear_resize_u8(comp, size, size)),
         "real": _chw(cv2_linear_resize_u8(real, size, size)),
-        "mask": (resize_linear(mask.reshape(*mask.shape[:2], 1), size) / 255.0).clamp_(0.0, 1.0),
+        "mask": soft_mask(mask, size),
     }
