@@ -1,7 +1,7 @@
 """Data benchmark: the DALI feeder alone, the DALI pipeline and the PyTorch DataLoader, side by side.
 
 For each image size and each core count (1, 2, ... all; the process and its children are pinned to
-that many CPUs) one run measures, in turn:
+that many CPUs, and torch's intra-op threads set to as many: `pinned`) one run measures, in turn:
 
 - feeder: giftnet.pipeline.dali_feed.TrainFeed alone (file reads and index-based crops, what DALI's worker
   processes run), in `cores` processes at once; pairs/s per process;
@@ -68,16 +68,23 @@ def core_counts() -> list[int]:
 
 @contextlib.contextmanager
 def pinned(cores: int) -> Iterator[None]:
-    """Run on the first `cores` allowed CPUs (children inherit it), then restore the affinity."""
-    if not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, allowed[:cores])
+    """Run on the first `cores` allowed CPUs (children inherit it), then restore the affinity.
+
+    torch's intra-op threads are set to `cores` too, what a process started on that many CPUs gets
+    (train.py leaves torch's default): pinned with the machine's count, their OpenMP spinning
+    would take the few cores left from the loaders' own threads.
+    """
+    threads = torch.get_num_threads()
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
+    if allowed is not None:
+        os.sched_setaffinity(0, allowed[:cores])
+    torch.set_num_threads(cores)
     try:
         yield
     finally:
-        os.sched_setaffinity(0, allowed)
+        if allowed is not None:
+            os.sched_setaffinity(0, allowed)
+        torch.set_num_threads(threads)
 
 
 _FEED: dict = {}  # what forked feeder processes read: pairs, index, plan, crop size

@@ -23,6 +23,12 @@ def normalise(images_255: torch.Tensor) -> torch.Tensor:
     return (images_255.float() - _per_channel(MEAN_255, images_255)) / _per_channel(STD_255, images_255)
 
 
+def normalise_into(images_255: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """normalise written into `out` (float32, the same shape): the same values, bit for bit, one temporary fewer."""
+    mean, std = _per_channel(MEAN_255, images_255), _per_channel(STD_255, images_255)
+    return torch.div(torch.sub(images_255, mean), std, out=out)
+
+
 def to_255(image: torch.Tensor) -> torch.Tensor:
     """De-normalise an ImageNet-normalised image to float 0-255, clamped (not rounded)."""
     mean, std = _per_channel(IMAGENET_MEAN, image), _per_channel(IMAGENET_STD, image)

@@ -9,8 +9,8 @@ too, as 8-bit grayscale). On the GPU it resizes the window bilinearly without an
 (cv2.INTER_LINEAR, as iSSAM), and mirrors, normalises and transposes it to CHW in one
 fn.crop_mirror_normalize. On the CPU those operators cost more than the decoding (4.6 against
 3.2 ms per pair at 640 px), so the graph stops at the windows and the DataLoader's own tail
-(giftnet.pipeline.host_tail: torch's uint8 resize, about 1.5 ms) finishes the batch in this
-thread: the batches are then the DataLoader's, bit for bit.
+(giftnet.pipeline.host_tail: torch's uint8 resize, about 1.5 ms) finishes each sample in a thread
+pool, one batch ahead (giftnet.pipeline.dali_host): the batches are then the DataLoader's, bit for bit.
 Evaluation (giftnet.pipeline.dali_eval): a Python external source feeds the bytes and the mask
 decoded with PIL. DALI's own readers and random operators are not used: the crop depends on the
 mask and must be a pure function of (seed, epoch, pair index) so that both backends agree and a
@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from giftnet.imagenet import MEAN_255, STD_255, normalise
+from giftnet.imagenet import MEAN_255, STD_255
 from giftnet.pipeline import images
 from giftnet.pipeline.augment import (
     ShardPlan,
 )
 from giftnet.pipeline.dali_feed import LAYOUTS, NUM_OUTPUTS, TrainFeed
-from giftnet.pipeline.host_tail import crop_tensors
+from giftnet.pipeline.dali_host import one_ahead, start_train_batch, tail_pool
 from giftnet.pipeline.index import index_pairs
 from giftnet.pipeline.pairs import DatasetError, Pair
 
@@ -231,7 +231,7 @@ class DaliTrainLoader:
                 source=feed, num_outputs=NUM_OUTPUTS, batch=True, batch_info=True, parallel=parallel, layout=LAYOUTS
             )
             if self.device.type != "cuda":
-                # On the CPU the graph only decodes the windows; _host_batch resizes and mirrors them.
+                # On the CPU the graph only decodes the windows; dali_host's tail resizes and mirrors them.
                 mask = decode(mask, anchor, shape, output_type=types.GRAY)
                 pipe.set_outputs(decode(comp, anchor, shape), decode(real, anchor, shape), mask, flip, index)
                 return pipe
@@ -255,33 +255,25 @@ class DaliTrainLoader:
         if not batches:
             return
         pipe = self._define(self.feed(epoch, batches))
+        pool = tail_pool(self.num_workers) if self.device.type != "cuda" else None
         try:
             pipe.build()
-            convert = self._convert if self.device.type == "cuda" else self._host_batch
-            for k in range(len(batches)):
-                inflight = InFlight(collections.deque(batches[k : k + 3]))
-                yield convert(run_fed(pipe, inflight, self.pairs))
+            runs = (
+                run_fed(pipe, InFlight(collections.deque(batches[k : k + 3])), self.pairs) for k in range(len(batches))
+            )
+            if pool is None:
+                yield from (self._convert(outs) for outs in runs)
+            else:  # the CPU graph's windows: the tail in `pool`, one batch ahead (giftnet.pipeline.dali_host)
+                yield from one_ahead(start_train_batch(outs, self.crop_size, pool) for outs in runs)
         finally:
+            if pool is not None:  # its tasks read DALI's buffers: they finish before the pipeline stops
+                pool.shutdown(wait=True, cancel_futures=True)
             getattr(pipe, "_shutdown", lambda: None)()  # stop DALI's threads and workers now (see dali_eval.serve)
             del pipe
 
     def _convert(self, outs: tuple) -> dict[str, torch.Tensor]:
         keys = ("composite", "real", "mask", "index")
         return {k: to_torch(o, self.device) for k, o in zip(keys, outs, strict=True)}
-
-    def _host_batch(self, outs: tuple) -> dict[str, torch.Tensor]:
-        """The CPU graph's decoded windows -> a batch, through the DataLoader's own tail
-        (giftnet.pipeline.host_tail): DALI's CPU resize and normalise would cost more than its decoding."""
-        comp, real, mask, flip, index = outs
-        flips = np.asarray(flip.as_tensor()).reshape(-1)
-        # In this thread: a thread pool here gave the same rates on two cores (bench/results/data_pipeline.md).
-        crops = [
-            crop_tensors(np.asarray(comp[i]), np.asarray(real[i]), np.asarray(mask[i]), self.crop_size, bool(flips[i]))
-            for i in range(len(flips))
-        ]
-        batch = {k: torch.stack([c[k] for c in crops]) for k in ("composite", "real", "mask")}
-        batch["composite"], batch["real"] = normalise(batch["composite"]), normalise(batch["real"])
-        return batch | {"index": to_torch(index, self.device)}
 
 
 _WORKER_ERROR = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "

@@ -88,11 +88,14 @@ def test_shards_are_disjoint_and_equal(pairs, backend, world_size):
 
 
 @needs_dali
-def test_dali_cpu_only_matches_torch_crops(pairs):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_dali_cpu_only_matches_torch_crops(pairs, workers):
     """CPU-only DALI (device_id=None) and PIL + torch give the same batches, bit for bit: the same
-    libjpeg-turbo pixels of the same windows, through the same resize and mirror tail."""
+    libjpeg-turbo pixels of the same windows, through the same resize and mirror tail (in DALI's
+    case on `workers` threads at once, each sample written into its slot of the batch)."""
     assert dali_loader.device_id(torch.device("cpu")) is None
-    batches = list(zip(loader(pairs, "dali").epoch(5), loader(pairs, "torch").epoch(5), strict=True))
+    dali = loader(pairs, "dali", num_workers=workers)
+    batches = list(zip(dali.epoch(5), loader(pairs, "torch").epoch(5), strict=True))
     assert any(b["index"].numel() > 1 for b, _ in batches)
     for a, b in batches:
         assert a["composite"].device.type == "cpu"
