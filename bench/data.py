@@ -304,7 +304,8 @@ def markdown(rows: list[dict]) -> str:
             f"Machine: {info['cpu']} ({info['cores']} cores), GPU {info['gpu']}; torch {info['torch']}, "
             f"DALI {info['dali']}, Pillow {info['pillow']}. Git `{info['git']}`, {info['date']}.",
             f"{info['pairs']} pairs per image size, batch {info['batch_size']}, crop {info['crop_size']}, "
-            f"device {info['device']}; malloc {info.get('malloc', 'glibc as it is')}. Loaders: one timed epoch "
+            f"device {info['device']}; malloc {info.get('malloc', 'glibc as it is')}; torch's intra-op threads as "
+            "many as the cores (as a process started on them). Loaders: one timed epoch "
             "after a 3-batch warm-up; pairs/s and CPU s/pair are its steady state (first batch to last; CPU of "
             "every process: this one, DataLoader workers, DALI's threads and feeder process), `first batch s` "
             "its start-up, `epoch` the whole epoch with the start-up. Feeders: CPU s/pair inside their "

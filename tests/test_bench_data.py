@@ -1,8 +1,10 @@
 """giftnet.bench.data: the feeder / DALI / DataLoader harness runs at its tiny size and reports every figure."""
 
 import json
+import os
 
 import numpy as np
+import torch
 
 from giftnet.bench import data
 from giftnet.pipeline import dali_loader
@@ -109,3 +111,11 @@ def test_dali_feeds_inline_when_the_cpu_decodes_and_from_a_process_when_the_gpu_
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert dali_loader.default_feed_processes(cpu, 1) == dali_loader.default_feed_processes(cpu, 8) == 0
     assert dali_loader.default_feed_processes(gpu, 1) == 0 and dali_loader.default_feed_processes(gpu, 2) == 1
+
+
+def test_pinned_gives_torch_as_many_threads_as_cores_and_restores_both():
+    threads, allowed = torch.get_num_threads(), os.sched_getaffinity(0)
+    with data.pinned(1):
+        assert torch.get_num_threads() == 1
+        assert len(os.sched_getaffinity(0)) == 1
+    assert torch.get_num_threads() == threads and os.sched_getaffinity(0) == allowed
