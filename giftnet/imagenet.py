@@ -20,11 +20,12 @@ def _per_channel(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
 
 def normalise(images_255: torch.Tensor) -> torch.Tensor:
     """uint8 or 0-255 float, (B, 3, H, W) or (3, H, W) -> float32 normalised with the ImageNet mean and std."""
-    return (images_255.float() - _per_channel(MEAN_255, images_255)) / _per_channel(STD_255, images_255)
+    x = images_255.float()  # float64 too rounds to float32 first, as it always did
+    return normalise_into(x, torch.empty_like(x))
 
 
 def normalise_into(images_255: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """normalise written into `out` (float32, the same shape): the same values, bit for bit, one temporary fewer."""
+    """normalise, written into `out` (float32, the same shape): a batch slot filled without a stack."""
     mean, std = _per_channel(MEAN_255, images_255), _per_channel(STD_255, images_255)
     return torch.div(torch.sub(images_255, mean), std, out=out)
 

@@ -7,7 +7,7 @@ normalisation finish each sample: 1-2 ms per pair at 640 px. Run one sample afte
 loader's thread, that tail was a serial stage: it capped the loader at about 1 / (tail time) pairs/s
 whatever the core count, ran between the trainer's steps instead of beside them, and with torch's
 intra-op threads left on (as train.py leaves them) their OpenMP spinning took the cores from
-DALI's threads: 205 pairs/s against 310 for this pool, two cores, 640 px. torch's kernels release
+DALI's threads: 190-242 pairs/s against 288-346 for this pool, two cores, 640 px. torch's kernels release
 the GIL, so a pool of Python threads runs samples in parallel.
 
 DALI reuses its output buffers at the next run(), so a batch's tail must finish before the
@@ -20,7 +20,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -73,7 +72,7 @@ def start_train_batch(outs: tuple, crop_size: int, pool: concurrent.futures.Exec
     return Pending(batch, [pool.submit(one, i) for i in range(n)])
 
 
-def one_ahead(starts: Iterable[Any]) -> Iterator[dict[str, torch.Tensor]]:
+def one_ahead(starts: Iterable[Pending]) -> Iterator[dict[str, torch.Tensor]]:
     """Batches from `starts` (each item a started Pending), the next started before the last is handed on.
 
     The next item is drawn (the pipeline run again) only after the current one's tail has finished.
