@@ -52,7 +52,7 @@ def encode(mask: np.ndarray) -> MaskRuns:
     np.not_equal(mask[:, 1:], mask[:, :-1], out=change[:, 1:])
     starts = np.flatnonzero(change)
     values = np.ascontiguousarray(mask).reshape(-1)[starts]
-    return MaskRuns((h, w), np.append(starts, h * w).astype(np.int64), values)
+    return MaskRuns((h, w), np.append(starts, h * w).astype(np.int64, copy=False), values)
 
 
 def window(runs: MaskRuns, top: int, left: int, height: int, width: int) -> np.ndarray:
@@ -67,9 +67,8 @@ def window(runs: MaskRuns, top: int, left: int, height: int, width: int) -> np.n
     hi = lo + width
     first = np.searchsorted(starts, lo, side="right") - 1  # the run holding that pixel
     count = np.searchsorted(starts, hi, side="left") - first  # runs that reach into the row's window
-    total = int(count.sum())
-    offset = np.repeat(np.cumsum(count) - count, count)
-    idx = np.repeat(first, count) + (np.arange(total, dtype=np.int64) - offset)
-    begin = np.maximum(starts[idx], np.repeat(lo, count))
-    end = np.minimum(starts[idx + 1], np.repeat(hi, count))
+    row = np.repeat(np.arange(height), count)  # the window row of each run piece
+    idx = np.arange(row.shape[0], dtype=np.int64) + (first - (np.cumsum(count) - count))[row]
+    begin = np.maximum(starts[idx], lo[row])
+    end = np.minimum(starts[idx + 1], hi[row])
     return np.repeat(runs.values[idx], end - begin).reshape(height, width)
