@@ -3,8 +3,8 @@
 For each image size and each core count (1, 2, ... all; the process and its children are pinned to
 that many CPUs, and torch's intra-op threads set to as many: `pinned`) one run measures, in turn:
 
-- feeder: giftnet.pipeline.dali_feed.TrainFeed alone (file reads and index-based crops, what DALI's worker
-  processes run), in `cores` processes at once; pairs/s per process;
+- feeder: giftnet.pipeline.dali_feed.TrainFeed alone (file reads, index-based crops and the mask windows
+  cut from the runs: what DALI's worker processes run), in `cores` processes at once; pairs/s per process;
 - feeder_pil: the feeder it replaced (every mask decoded with PIL, the crop drawn on it), likewise;
 - torch: make_train_loader(backend="torch", num_workers=cores): DataLoader worker processes + PIL;
 - dali: make_train_loader(backend="dali", num_workers=cores): DALI CPU threads (GPU decoding with
@@ -109,7 +109,7 @@ def _feed_worker(epochs: int, with_index: bool = True) -> tuple[int, float, floa
                 np.ascontiguousarray(mask[p.top : p.top + p.height, p.left : p.left + p.width])
                 count, decoded = count + 1, decoded + 1
             continue
-        feed = TrainFeed(pairs, index.masks, native=index.native, crop_size=crop, seed=plan.seed, epoch=epoch,
+        feed = TrainFeed(pairs, index.masks, runs=index.runs, native=index.native, crop_size=crop, seed=plan.seed, epoch=epoch,
                          batches=batches)  # fmt: skip
         for k in range(len(batches)):
             count += len(feed(k)[0])
@@ -135,7 +135,7 @@ def time_feeder(pairs: list[Pair], cfg: dict, cores: int, with_index: bool = Tru
         "pairs_per_s_per_process": round(per_process, 1),
         "cpu_s_per_pair": round(sum(r[2] for r in runs) / n, 6),
         "masks_decoded": round(sum(r[3] for r in runs) / n, 4),
-        "decode": "none (file reads + index crops)" if with_index else "PIL mask decode (the old feeder)",
+        "decode": "none (file reads, index crops, runs windows)" if with_index else "PIL mask decode (the old feeder)",
     }
 
 

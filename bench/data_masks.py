@@ -1,10 +1,11 @@
 """Mask benchmark: a training crop's mask pixels three ways, side by side on the same crops.
 
 - dali: DALI's CPU decoder cutting the window out of the PNG (fn.decoders.image_slice, 8-bit
-  grayscale, one thread), which is what the training graph runs today, on the CPU and with a GPU
-  alike (DALI decodes PNG on the host either way);
+  grayscale, one thread), which is what the training graph ran before the runs, on the CPU and with
+  a GPU alike (DALI decodes PNG on the host either way);
 - pil: the whole PNG decoded by giftnet.pipeline.augment.read_mask and the window cut (the DataLoader);
-- runs: giftnet.pipeline.mask_runs.window on the mask's runs (encoded once, like the dataset index).
+- runs: giftnet.pipeline.mask_runs.window on the mask's runs (encoded once, like the dataset index),
+  which is what the feeder now hands DALI.
 
 The crops are the feeder's own (giftnet.pipeline.dali_feed.TrainFeed for epoch 0), and every runs
 window is checked equal to PIL's before any figure is printed. Figures are CPU ms per mask: DALI's
@@ -29,7 +30,7 @@ from giftnet.bench.common import machine
 from giftnet.bench.data_sets import from_photos, make_triplets
 from giftnet.pipeline import dali_loader, mask_runs
 from giftnet.pipeline.augment import ShardPlan, read_mask
-from giftnet.pipeline.dali_feed import TrainFeed
+from giftnet.pipeline.dali_feed import TrainFeed, read_bytes
 from giftnet.pipeline.index import index_pairs
 from giftnet.pipeline.pairs import Pair
 
@@ -38,11 +39,13 @@ def crops(pairs: list[Pair], batch_size: int, crop_size: int) -> list[tuple[list
     """Per batch of epoch 0: the mask bytes, windows (x, y, w, h) and pair indices the feeder gives DALI."""
     index = index_pairs(pairs)
     batches = ShardPlan(len(pairs), batch_size, 0, 0, 1, True).batches(0, 0)
-    feed = TrainFeed(pairs, index.masks, native=index.native, crop_size=crop_size, seed=0, epoch=0, batches=batches)
+    feed = TrainFeed(pairs, index.masks, runs=index.runs, native=index.native, crop_size=crop_size, seed=0, epoch=0,
+                     batches=batches)  # fmt: skip
     out = []
     for k in range(len(batches)):
-        _, _, masks, anchor, shape, _, idx = feed(k)
-        out.append(([np.array(m) for m in masks], np.concatenate([anchor, shape], axis=1), idx))
+        _, _, _, anchor, shape, _, idx = feed(k)
+        masks = [read_bytes(pairs[i].mask) for i in idx.tolist()]  # what DALI decoded before the runs
+        out.append((masks, np.concatenate([anchor, shape], axis=1), idx))
     return out
 
 

@@ -2,10 +2,11 @@
 shares: JPEG decoding on the GPU (`device="mixed"`) with CUDA, on DALI's CPU threads without.
 
 Design. Training: giftnet.pipeline.dali_feed.TrainFeed feeds each batch (in DALI worker processes, the
-parallel external source, or in this process): the encoded composite, real and mask bytes and the
-crop window and flip, drawn from the dataset index (giftnet.pipeline.index) without decoding the mask.
-DALI then decodes only the window of each file (fn.decoders.image_slice: ROI decoding; the mask
-too, as 8-bit grayscale). On the GPU it resizes the window bilinearly without antialiasing
+parallel external source, or in this process): the encoded composite and real bytes, the crop
+window and flip drawn from the dataset index (giftnet.pipeline.index) without decoding the mask,
+and the mask's window as pixels, cut from the index's runs (DALI decodes PNG on the host, and that
+decode was a third of the CPU graph at 1024 px). DALI then decodes only the window of each photo
+(fn.decoders.image_slice: ROI decoding). On the GPU it resizes the windows bilinearly without antialiasing
 (cv2.INTER_LINEAR, as iSSAM), and mirrors, normalises and transposes it to CHW in one
 fn.crop_mirror_normalize. On the CPU those operators cost more than the decoding (4.6 against
 3.2 ms per pair at 640 px), so the graph stops at the windows and the DataLoader's own tail
@@ -212,8 +213,8 @@ class DaliTrainLoader:
 
     def feed(self, epoch: int, batches: Sequence[np.ndarray]) -> TrainFeed:
         """The external source for `batches` of `epoch` (also what giftnet.bench.data times alone)."""
-        return TrainFeed(self.pairs, self.index.masks, native=self.index.native, crop_size=self.crop_size,
-                         seed=self.seed, epoch=epoch, batches=batches)  # fmt: skip
+        return TrainFeed(self.pairs, self.index.masks, runs=self.index.runs, native=self.index.native,
+                         crop_size=self.crop_size, seed=self.seed, epoch=epoch, batches=batches)  # fmt: skip
 
     def _define(self, feed: TrainFeed) -> Pipeline:
         """The graph, defined but not built (DALI's definition-time checks run here)."""
@@ -232,15 +233,13 @@ class DaliTrainLoader:
             )
             if self.device.type != "cuda":
                 # On the CPU the graph only decodes the windows; dali_host's tail resizes and mirrors them.
-                mask = decode(mask, anchor, shape, output_type=types.GRAY)
                 pipe.set_outputs(decode(comp, anchor, shape), decode(real, anchor, shape), mask, flip, index)
                 return pipe
             # Bilinear without antialiasing: cv2.INTER_LINEAR, as iSSAM's RandomResizedCrop.
             resize = functools.partial(fn.resize, size=[self.crop_size, self.crop_size], antialias=False)
             comp, real = (resize(decode(x, anchor, shape)) for x in (comp, real))
-            # The mask's window, decoded by DALI too (8-bit grayscale PNG: the values PIL reads).
-            mask = decode(mask, anchor, shape, output_type=types.GRAY)
-            mask = dmath.clamp(resize(mask, dtype=types.FLOAT), 0.0, 255.0)  # filter round-off
+            # The mask's window comes as pixels (the feeder cuts it from the runs): to the GPU to be resized.
+            mask = dmath.clamp(resize(mask.gpu(), dtype=types.FLOAT), 0.0, 255.0)  # filter round-off
             pipe.set_outputs(
                 to_chw(comp, flip, MEAN_255_LIST, STD_255_LIST),
                 to_chw(real, flip, MEAN_255_LIST, STD_255_LIST),

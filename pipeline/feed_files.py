@@ -1,4 +1,4 @@
-"""The feeder's file reads: a batch's files into one reused buffer, and plain masks decoded from those bytes.
+"""The feeder's file reads: a batch's files into one reused buffer.
 
 Fresh arrays per file cost the feeder about half its CPU on 1024 px photos: glibc serves blocks
 over its mmap threshold (128 KiB at start) with fresh pages and hands them back to the kernel on
@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from giftnet.pipeline import images
-from giftnet.pipeline.augment import read_mask
 from giftnet.pipeline.pairs import DatasetError
 
 
@@ -112,10 +110,3 @@ def read_bytes(path: str | Path) -> np.ndarray:
     if n == 0:
         raise DatasetError(f"{path}: file is empty")
     return data[:n]
-
-
-def plain_mask(data: np.ndarray, path: str) -> np.ndarray:
-    """augment.read_mask(path) for a mask the index calls plain (8-bit grayscale PNG), decoded from
-    its bytes already read (images.plain_gray_png_pixels); anything else goes through read_mask."""
-    pixels = images.plain_gray_png_pixels(data)
-    return pixels if pixels is not None else read_mask(Path(path))

@@ -255,39 +255,6 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def plain_gray_png(path: str | Path) -> bool:
-    """True for an 8-bit grayscale PNG without transparency or EXIF rotation: DALI decodes its
-    stored bytes to exactly `read_mask`'s values, so a mask like it can travel undecoded."""
-    try:
-        with _open(Path(path)) as image:
-            header = _header_of(Path(path), image)
-            return (
-                header.format == "PNG"
-                and header.mode == "L"
-                and header.orientation == 1
-                and not header.sixteen_bit
-                and "transparency" not in image.info
-            )
-    except DataError:
-        return False
-
-
-def plain_gray_png_pixels(data: np.ndarray) -> np.ndarray | None:
-    """The uint8 (H, W) pixels of encoded bytes that are a plain 8-bit grayscale PNG (plain_gray_png's
-    kind: no transparency, no EXIF), else None. For such a mask these are read_mask's values times
-    255 exactly (v / 255 * 255 rounds to v for every byte), without read_mask's float round trip."""
-    try:
-        with Image.open(io.BytesIO(data.data)) as image:
-            if image.format != "PNG" or image.mode != "L":
-                return None
-            pixels = np.array(image, dtype=np.uint8)  # decodes; chunks after the pixels are read too
-            if "transparency" in image.info or "exif" in image.info:
-                return None
-            return pixels
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
-
-
 def dali_bytes(path: str | Path) -> np.ndarray:
     """The bytes to hand DALI's decoder for a photo, so that DALI sees exactly `read_rgb(path)`.
 

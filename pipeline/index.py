@@ -13,10 +13,13 @@ One file per subset folder, `SUBSET/giftnet-index.npz` beside the list files, wr
                         a plain 8-bit JPEG/PNG); False for masks (they have `plain`)
     sums    (M, G, G)   uint32: sum of the uint8 mask values (0-255) in each of G x G cells
     median  (M, 2)      int64: (y, x) of the median non-zero mask pixel in raster order, -1 if none
-    plain   (M,)        bool: an 8-bit grayscale PNG that DALI decodes to the very same values
+    runs_file           str scalar: the masks' runs file beside it (giftnet.pipeline.runs_file)
+    runs_at (M, 2)      int64: each mask's records [lo, hi) in that file
 
 An entry whose file's size or mtime changed is rebuilt on the next use; the rest are reused. An
-index of an older FORMAT is rebuilt whole (format 2 added `native`).
+index of an older FORMAT is rebuilt whole (format 2 added `native`; format 3 the masks' runs, which
+replaced a `plain` flag: the feeder no longer hands DALI any mask file). A runs file that is
+missing, incomplete or not what the index names has its masks' entries rebuilt.
 
 The keep-background rule asks whether a crop window holds more than about one output pixel of
 foreground. Cell sums bound the window's sum exactly: a cell inside the window counts fully, a
@@ -40,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from giftnet.fileio import atomic_writer
-from giftnet.pipeline import images
+from giftnet.pipeline import images, mask_runs
 from giftnet.pipeline.augment import (
     CropParams,
     area_from_sum,
@@ -51,10 +54,12 @@ from giftnet.pipeline.augment import (
     read_mask,
 )
 from giftnet.pipeline.ihd import MASK_DIR
+from giftnet.pipeline.mask_runs import MaskRuns
 from giftnet.pipeline.pairs import DatasetError, Pair
+from giftnet.pipeline.runs_file import RunsTable, open_runs, remove_other_runs, runs_of, verify_runs, write_runs
 
 INDEX_NAME = "giftnet-index.npz"
-FORMAT = 2
+FORMAT = 3
 GRID = 16
 
 
@@ -75,16 +80,15 @@ def grid_sums(mask: np.ndarray, grid: int = GRID) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class MaskSummary:
-    """What the index knows of one mask: shape, cell sums, median foreground pixel, DALI-plain."""
+    """What the index knows of one mask for drawing crops: shape, cell sums, median foreground pixel."""
 
     shape: tuple[int, int]
     sums: np.ndarray
     median: tuple[int, int] | None
-    plain: bool
 
     @classmethod
-    def of(cls, mask: np.ndarray, plain: bool, grid: int = GRID) -> MaskSummary:
-        return cls((int(mask.shape[0]), int(mask.shape[1])), grid_sums(mask, grid), median_foreground(mask), plain)
+    def of(cls, mask: np.ndarray, grid: int = GRID) -> MaskSummary:
+        return cls((int(mask.shape[0]), int(mask.shape[1])), grid_sums(mask, grid), median_foreground(mask))
 
     def view(self) -> GridView:
         """The arrays the bounds need, made for one crop draw (kept off the summary: memory)."""
@@ -184,6 +188,14 @@ class _Entry:
     hw: tuple[int, int]
     mask: MaskSummary | None = None
     native: bool = False  # a photo DALI decodes as stored (images.Header.dali_native)
+    runs: MaskRuns | None = None  # a mask's runs made this time (not yet in a runs file)
+    runs_at: tuple[str, int, int] | None = None  # or where they are: (runs file, lo, hi)
+
+    def get_runs(self) -> MaskRuns:
+        if self.runs is not None:
+            return self.runs
+        assert self.runs_at is not None and self.mask is not None, "a mask entry has its runs"
+        return runs_of(*self.runs_at, self.mask.shape)
 
 
 def index_file_for(pair: Pair) -> Path | None:
@@ -212,12 +224,13 @@ def _make_entry(path: Path, is_mask: bool, stat: tuple[int, int]) -> _Entry:
         header = images.read_header(path)  # the one decoder's view: rotated size, budget, regular file
         return _Entry(stat, (header.height, header.width), native=header.dali_native)
     mask = read_mask(path)
-    summary = MaskSummary.of(mask, images.plain_gray_png(path))
-    return _Entry(stat, summary.shape, summary)
+    summary = MaskSummary.of(mask)
+    return _Entry(stat, summary.shape, summary, runs=mask_runs.encode(mask))
 
 
 def load_store(path: Path) -> dict[str, _Entry]:
-    """The entries of an index file; empty when it is missing, of another format, or unreadable."""
+    """The entries of an index file; empty when it is missing, of another format, or unreadable.
+    Without a sound runs file the masks' entries are left out (so they are rebuilt)."""
     if not path.is_file():
         return {}
     try:
@@ -225,26 +238,48 @@ def load_store(path: Path) -> dict[str, _Entry]:
             if int(z["format"]) != FORMAT or int(z["grid"]) != GRID:
                 return {}
             paths, stat, hw, rows = z["paths"], z["stat"], z["hw"], z["mask"]
-            sums, median, plain, native = z["sums"], z["median"], z["plain"], z["native"]
+            sums, median, native = z["sums"], z["median"], z["native"]
+            runs_file, runs_at = str(z["runs_file"]), z["runs_at"]
     except (OSError, ValueError, KeyError) as e:
         warnings.warn(f"{path}: unreadable dataset index, rebuilding it ({e})", stacklevel=2)
         return {}
+    runs_path = str(path.parent / runs_file)
+    masks_ok = _runs_sound(runs_path, runs_at) if len(runs_at) else True
     store = {}
     for k, name in enumerate(paths.tolist()):
-        summary = None
+        shape = (int(hw[k, 0]), int(hw[k, 1]))
+        entry = _Entry((int(stat[k, 0]), int(stat[k, 1])), shape, native=bool(native[k]))
         if rows[k] >= 0:
+            if not masks_ok:
+                continue
             r = int(rows[k])
             mid = None if median[r, 0] < 0 else (int(median[r, 0]), int(median[r, 1]))
-            summary = MaskSummary((int(hw[k, 0]), int(hw[k, 1])), sums[r], mid, bool(plain[r]))
-        shape = (int(hw[k, 0]), int(hw[k, 1]))
-        store[name] = _Entry((int(stat[k, 0]), int(stat[k, 1])), shape, summary, bool(native[k]))
+            entry.mask = MaskSummary(shape, sums[r], mid)
+            entry.runs_at = (runs_path, int(runs_at[r, 0]), int(runs_at[r, 1]))
+        store[name] = entry
     return store
 
 
+def _runs_sound(runs_path: str, runs_at: np.ndarray) -> bool:
+    """Whether the runs file the index names is there, complete and holds what it was written with."""
+    try:
+        starts, _ = open_runs(runs_path)
+        if int(runs_at[-1, 1]) != starts.shape[0]:
+            raise DatasetError(f"{runs_path}: holds {starts.shape[0]} records, the index expects {runs_at[-1, 1]}")
+        verify_runs(runs_path)
+    except DatasetError as e:
+        warnings.warn(f"{e}; rebuilding the masks' entries", stacklevel=3)
+        return False
+    return True
+
+
 def save_store(path: Path, store: dict[str, _Entry]) -> None:
-    """Write the entries as an index file, atomically (a reader sees the old file or the new one)."""
+    """Write the entries as an index file and its runs file, each atomically; the index last, so it
+    never names a runs file that is not complete. The entries then point into the new runs file."""
     names = sorted(store)
-    masks = [mask for n in names if (mask := store[n].mask) is not None]
+    mask_names = [n for n in names if store[n].mask is not None]
+    runs_path, at = write_runs(path.parent, [store[n].get_runs() for n in mask_names])
+    masks = [mask for n in mask_names if (mask := store[n].mask) is not None]
     rows, r = [], 0
     for n in names:
         rows.append(r if store[n].mask is not None else -1)
@@ -259,22 +294,29 @@ def save_store(path: Path, store: dict[str, _Entry]) -> None:
         "native": np.array([store[n].native for n in names], bool),
         "sums": np.array([m.sums for m in masks], np.uint32).reshape(-1, GRID, GRID),
         "median": np.array([m.median or (-1, -1) for m in masks], np.int64).reshape(-1, 2),
-        "plain": np.array([m.plain for m in masks], np.bool_),
+        "runs_file": np.array(runs_path.name),
+        "runs_at": at,
     }
     with atomic_writer(path) as f:
         np.savez_compressed(f, **arrays)
+    remove_other_runs(runs_path)
+    where = str(runs_path)
+    for n, (lo, hi) in zip(mask_names, at.tolist(), strict=True):
+        store[n].runs, store[n].runs_at = None, (where, lo, hi)
 
 
 @dataclasses.dataclass
 class PairIndex:
     """The index entries of a pair list, aligned with it; `rebuilt` counts entries made this time.
-    `native[i]`: whether DALI decodes pair i's (composite, real) bytes as stored."""
+    `native[i]`: whether DALI decodes pair i's (composite, real) bytes as stored; `runs[i]`: pair
+    i's mask as runs (memory-mapped from the runs file where the index is on disk)."""
 
     shapes: list[tuple[int, int]]
     masks: list[MaskSummary]
     files: list[Path]
     rebuilt: int
-    native: list[tuple[bool, bool]] = dataclasses.field(default_factory=list)
+    native: list[tuple[bool, bool]]
+    runs: RunsTable
 
 
 def index_pairs(pairs: Sequence[Pair], *, workers: int | None = None, write: bool = True) -> PairIndex:
@@ -314,7 +356,7 @@ def index_pairs(pairs: Sequence[Pair], *, workers: int | None = None, write: boo
 
 
 def _align(pairs: Sequence[Pair], stores: dict, *, rebuilt: int, written: list[Path]) -> PairIndex:
-    shapes, summaries, native = [], [], []
+    shapes, summaries, native, runs = [], [], [], []
     for pair in pairs:
         where = index_file_for(pair)
         folder = where.parent if where is not None else None
@@ -324,11 +366,13 @@ def _align(pairs: Sequence[Pair], stores: dict, *, rebuilt: int, written: list[P
         shapes.append(mask.hw)
         summaries.append(mask.mask)
         native.append((comp.native, real.native))
-    return PairIndex(shapes, summaries, written, rebuilt, native)
+        runs.append(mask.runs_at or mask.get_runs())  # in memory: off the IHD layout, or not written
+    return PairIndex(shapes, summaries, written, rebuilt, native, RunsTable(shapes, runs))
 
 
 def stale_entries(pairs: Sequence[Pair]) -> tuple[int, int]:
-    """(files whose index entry is missing or out of date, files checked): stat calls only."""
+    """(files whose index entry is missing or out of date, files checked): stat calls, and the
+    runs file's check (a mask whose runs are missing or damaged counts as out of date)."""
     stale, total = 0, 0
     stores: dict[Path | None, dict[str, _Entry]] = {}
     for pair in pairs:

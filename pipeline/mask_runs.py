@@ -10,8 +10,9 @@ Layout. The mask's raster (row-major) is split into runs that never cross a row'
 holds each run's first flat pixel index, followed by one sentinel h*w; `values` each run's value.
 Every uint8 mask is represented exactly, soft ones too (a soft edge just makes shorter runs).
 
-Not wired yet: the dataset index (giftnet.pipeline.index) and the feeder (giftnet.pipeline.dali_feed)
-still hand DALI the PNG bytes; bench.data_masks measures both ways side by side.
+Used by: the dataset index (giftnet.pipeline.index), which stores every mask's runs in a file
+beside it (giftnet.pipeline.runs_file), and the DALI feeder (giftnet.pipeline.dali_feed), which
+hands DALI the crop's window; bench.data_masks measures this against DALI's PNG decode.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class MaskRuns:
-    """One mask as runs: shape (h, w), starts (runs + 1,) int64 with sentinel h*w, values (runs,) uint8."""
+    """One mask as runs: shape (h, w), starts (runs + 1,) int64 (int32 from a runs file) with sentinel
+    h*w, values (runs,) uint8."""
 
     shape: tuple[int, int]
     starts: np.ndarray

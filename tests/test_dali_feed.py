@@ -10,7 +10,7 @@ from PIL import Image
 
 from giftnet.pipeline import dali_loader, images
 from giftnet.pipeline.augment import read_mask
-from giftnet.pipeline.dali_feed import TrainFeed, encode_mask
+from giftnet.pipeline.dali_feed import TrainFeed
 from giftnet.pipeline.loaders import make_train_loader
 from giftnet.pipeline.pairs import DatasetError, Pair
 from tests.data_helpers import reference_sample_crop, write_triplets
@@ -44,7 +44,8 @@ def test_feed_draws_todays_crops(pairs):
                 assert (top, left, height, width, bool(cols[5][j])) == (
                     want.top, want.left, want.height, want.width, want.flip)  # fmt: skip
                 assert int(cols[6][j]) == i
-                assert cols[2][j].tobytes() == pairs[i].mask.read_bytes()  # plain PNG: bytes passed as they are
+                cut = read_mask(pairs[i].mask)[want.top : want.top + want.height, want.left : want.left + want.width]
+                assert np.array_equal(cols[2][j], cut[:, :, None])  # the window's pixels, from the runs
     with pytest.raises(StopIteration):
         feed(len(batches))
 
@@ -63,7 +64,7 @@ def test_worker_processes_give_the_same_batches_and_resume(pairs, processes):
             assert torch.equal(a[key], b[key]), key
 
 
-def test_non_plain_mask_is_reencoded_and_matches_torch(pairs, tmp_path):
+def test_rgb_mask_gives_the_torch_paths_batch(pairs, tmp_path):
     src = pairs[4]
     odd = Pair(tmp_path / "c.jpg", tmp_path / "m.png", tmp_path / "r.jpg", "Synth", "odd")
     shutil.copy(src.composite, odd.composite)
@@ -71,12 +72,10 @@ def test_non_plain_mask_is_reencoded_and_matches_torch(pairs, tmp_path):
     m = read_mask(src.mask)
     Image.fromarray(np.stack([m, m // 2, m // 3], axis=2)).save(odd.mask)  # RGB: channel 0 is the mask
     ld = dali([odd] * 3, batch_size=3)
-    assert not ld.index.masks[0].plain
     batch = next(iter(ld.epoch(1)))
     ref = next(iter(make_train_loader([odd] * 3, batch_size=3, crop_size=48, seed=5, backend="torch", num_workers=0)
                     .epoch(1)))  # fmt: skip
     torch.testing.assert_close(batch["mask"], ref["mask"], atol=1e-4, rtol=0)
-    assert np.array_equal(np.asarray(Image.open(__import__("io").BytesIO(encode_mask(m).tobytes()))), m)
 
 
 def test_mixed_path_passes_definition_checks(pairs):
@@ -112,8 +111,8 @@ def test_file_lost_after_indexing_names_the_file_from_a_worker(pairs, tmp_path):
 def test_feed_is_a_pure_function_of_seed_epoch_index(pairs):
     ld = dali(pairs)
     batches = ld.plan.batches(3)
-    a = TrainFeed(pairs, ld.index.masks, native=ld.index.native, crop_size=48, seed=5, epoch=3, batches=batches)
-    b = TrainFeed(pairs, ld.index.masks, native=ld.index.native, crop_size=48, seed=5, epoch=3, batches=batches)
+    kw = {"runs": ld.index.runs, "native": ld.index.native, "crop_size": 48, "seed": 5, "epoch": 3, "batches": batches}
+    a, b = TrainFeed(pairs, ld.index.masks, **kw), TrainFeed(pairs, ld.index.masks, **kw)
     forward = [a(k)[3:] for k in range(len(batches))]
     backward = [b(k)[3:] for k in reversed(range(len(batches)))][::-1]
     for x, y in zip(forward, backward, strict=True):
@@ -156,7 +155,7 @@ def test_the_index_says_which_photos_dali_decodes_as_stored_and_the_feed_reads_n
     with np.load(tmp_path / "Odd" / "giftnet-index.npz", allow_pickle=False) as z:
         stored = dict(zip(z["paths"].tolist(), z["native"].tolist(), strict=True))
     assert stored["composite_images/o0_1_1.jpg"] is False and stored["real_images/o1.png"] is False
-    assert stored["real_images/o0.jpg"] is True and stored["masks/o0_1.png"] is False  # masks: see `plain`
+    assert stored["real_images/o0.jpg"] is True and stored["masks/o0_1.png"] is False  # masks: runs
     want = {i: (images.dali_bytes(p.composite).tobytes(), images.dali_bytes(p.real).tobytes()) for i, p in
             enumerate(pairs)}  # the bytes DALI got before the index held the flag  # fmt: skip
 

@@ -1,17 +1,16 @@
-"""giftnet.pipeline.feed_files and the TrainFeed built on it: batch reads into reused buffers, plain masks
-decoded from their bytes, and crops still exactly today's (torn grids and re-encoded masks included)."""
+"""giftnet.pipeline.feed_files and the TrainFeed built on it: batch reads into reused buffers, and crops
+and mask windows still exactly today's (torn grids and RGB masks included) with no mask file read."""
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from giftnet.pipeline import augment, feed_files
+from giftnet.pipeline import feed_files
 from giftnet.pipeline.augment import read_mask
 from giftnet.pipeline.dali_feed import TrainFeed
-from giftnet.pipeline.feed_files import Arenas, plain_mask, read_files
+from giftnet.pipeline.feed_files import Arenas, read_files
 from giftnet.pipeline.index import index_pairs
 from giftnet.pipeline.pairs import DatasetError, Pair
 from tests.data_helpers import reference_sample_crop
@@ -67,21 +66,6 @@ def test_read_files_names_the_file_it_cannot_read(tmp_path, kind):
         read_files([str(good), str(bad), str(good)])
 
 
-def test_plain_mask_from_bytes_is_read_mask_and_anything_else_goes_through_read_mask(tmp_path):
-    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    noisy = np.random.default_rng(1).integers(0, 256, (37, 53), dtype=np.uint8)
-    for k, m in enumerate((values, noisy)):
-        path = tmp_path / f"m{k}.png"
-        Image.fromarray(m, "L").save(path)
-        got = plain_mask(np.fromfile(path, np.uint8), str(path))
-        assert got.dtype == np.uint8 and np.array_equal(got, read_mask(path)) and np.array_equal(got, m)
-    rgb = tmp_path / "rgb.png"
-    Image.fromarray(np.stack([noisy, noisy // 2, noisy // 3], axis=2)).save(rgb)
-    assert np.array_equal(plain_mask(np.fromfile(rgb, np.uint8), str(rgb)), read_mask(rgb))
-    garbage = np.frombuffer(b"not a png at all", np.uint8)
-    assert np.array_equal(plain_mask(garbage, str(tmp_path / "m1.png")), noisy)
-
-
 def hard_pairs(root):
     """Pairs whose masks make the grid torn often (specks, strokes, edge blobs); every third mask RGB."""
     for folder in ("composite_images", "masks", "real_images"):
@@ -99,31 +83,44 @@ def hard_pairs(root):
     return pairs
 
 
-def test_feed_crops_are_todays_on_torn_grids_and_re_encoded_masks(tmp_path, monkeypatch):
+def test_feed_crops_and_mask_windows_are_todays_on_torn_grids_without_the_mask_files(tmp_path):
     pairs = hard_pairs(tmp_path / "Hard")
     idx = index_pairs(pairs)
-    assert [m.plain for m in idx.masks].count(False) == 8
-    calls = []
-    real_read_mask = augment.read_mask
-    monkeypatch.setattr("giftnet.pipeline.dali_feed.read_mask", lambda p: calls.append(p) or real_read_mask(p))
+    masks = {i: read_mask(p.mask) for i, p in enumerate(pairs)}  # every third one an RGB file
+    for pair in pairs:
+        pair.mask.unlink()  # the feeder reads no mask file: the index's runs hold their pixels
     decoded = 0
     for epoch in range(4):
         batches = [np.arange(s, min(s + 5, len(pairs))) for s in range(0, len(pairs), 5)]
-        feed = TrainFeed(pairs, idx.masks, native=idx.native, crop_size=32, seed=9, epoch=epoch, batches=batches)
+        feed = TrainFeed(pairs, idx.masks, runs=idx.runs, native=idx.native, crop_size=32, seed=9, epoch=epoch,
+                         batches=batches)  # fmt: skip
         for k, batch in enumerate(batches):
             comp, real, mask, anchor, shape, flip, index = feed(k)
             assert [r.tobytes() for r in real] == [pairs[i].real.read_bytes() for i in batch.tolist()]
             assert anchor.dtype == shape.dtype == flip.dtype == np.int32 and anchor.flags.c_contiguous
             for j, i in enumerate(batch.tolist()):
-                want = reference_sample_crop(real_read_mask(pairs[i].mask), crop_size=32, seed=9, epoch=epoch, index=i)
+                want = reference_sample_crop(masks[i], crop_size=32, seed=9, epoch=epoch, index=i)
                 assert (*anchor[j].tolist(), *shape[j].tolist(), bool(flip[j])) == (
                     want.left, want.top, want.width, want.height, want.flip)  # fmt: skip
                 assert int(index[j]) == i and comp[j].tobytes() == pairs[i].composite.read_bytes()
-                if idx.masks[i].plain:
-                    assert mask[j].tobytes() == pairs[i].mask.read_bytes()
-                else:  # re-encoded as 8-bit grayscale: channel 0's values
-                    assert np.array_equal(np.asarray(Image.open(pairs[i].mask))[:, :, 0],
-                                          np.asarray(Image.open(io.BytesIO(mask[j].tobytes()))))  # fmt: skip
+                cut = masks[i][want.top : want.top + want.height, want.left : want.left + want.width]
+                assert mask[j].dtype == np.uint8 and mask[j].flags.c_contiguous
+                assert np.array_equal(mask[j], cut[:, :, None])
         decoded += feed.decoded
-    assert decoded > 0  # the torn path (plain masks decoded from their bytes) was taken
-    assert len(calls) == 4 * 8  # a non-plain mask is decoded once per epoch, torn or not
+    assert decoded > 0  # the torn path (the whole mask expanded from its runs) was taken
+
+
+def test_a_runs_file_removed_under_a_feed_falls_back_to_the_mask_files(tmp_path):
+    from giftnet.pipeline import dali_feed
+
+    pairs = hard_pairs(tmp_path / "Hard")[:6]
+    idx = index_pairs(pairs)
+    batches = [np.arange(6)]
+    kw = {"runs": idx.runs, "native": idx.native, "crop_size": 32, "seed": 9, "epoch": 1, "batches": batches}
+    want = TrainFeed(pairs, idx.masks, **kw)(0)[2]
+    for runs in (tmp_path / "Hard").glob("giftnet-mask-runs-*.bin"):
+        runs.unlink()  # as when another process refreshes the index while this one trains
+    dali_feed._WARNED.clear()
+    with pytest.warns(UserWarning, match="giftnet-mask-runs-.*decoding the masks from their files"):
+        got = TrainFeed(pairs, idx.masks, **kw)(0)[2]
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))

@@ -2,13 +2,14 @@
 
 import math
 import os
+import pickle
 import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from giftnet.pipeline import augment, index
+from giftnet.pipeline import augment, index, mask_runs, runs_file
 from giftnet.pipeline.augment import random_resized_crop, sample_crop
 from giftnet.pipeline.index import (
     GRID,
@@ -61,7 +62,7 @@ def test_grid_sums_are_cell_sums():
 def test_bounds_bracket_the_window_sum():
     rng = np.random.default_rng(1)
     for m in masks(rng)[:20]:
-        s = MaskSummary.of(m, plain=True)
+        s = MaskSummary.of(m)
         for _ in range(50):
             top, left, h, w = random_resized_crop(*m.shape, rng, (0.05, 1.0), (0.5, 2.0))
             low, high = s.bounds(top, left, h, w)
@@ -74,7 +75,7 @@ def test_indexed_crops_equal_todays_crops_and_decode_rarely():
     rng = np.random.default_rng(2)
     decoded = total = 0
     for k, m in enumerate(masks(rng)):
-        s = MaskSummary.of(m, plain=True)
+        s = MaskSummary.of(m)
         for crop_size in (32, 256):
             for epoch in range(6):
                 want = reference_sample_crop(m, crop_size=crop_size, seed=7, epoch=epoch, index=k)
@@ -89,7 +90,7 @@ def test_indexed_crops_equal_todays_crops_and_decode_rarely():
 def test_indexed_fallback_uses_the_stored_median():
     m = np.zeros((200, 200), np.uint8)
     m[190:, 190:] = 255  # a corner object: many windows miss it
-    s = MaskSummary.of(m, plain=True)
+    s = MaskSummary.of(m)
     for i in range(40):
         want = reference_sample_crop(m, crop_size=64, seed=0, epoch=0, index=i)
         got, _ = sample_crop_indexed(s, lambda: m, crop_size=64, seed=0, epoch=0, index=i)
@@ -121,11 +122,13 @@ def test_index_file_is_built_once_and_rebuilt_per_changed_file(tmp_path):
     path = tmp_path / "Sub" / INDEX_NAME
     assert first.files == [path] and first.rebuilt == 18
     assert first.shapes == [read.shape for read in (augment.read_mask(p.mask) for p in pairs)]
-    assert all(m.plain for m in first.masks)
+    assert_runs_are_the_masks(first, pairs)
     assert first.native == [(True, True)] * 6  # plain JPEGs: DALI decodes them as stored
     with np.load(path, allow_pickle=False) as z:  # plain arrays: no pickle needed to read it
         assert z["sums"].shape == (6, GRID, GRID) and z["paths"].dtype.kind == "U"
-        assert int(z["format"]) == 2 and z["native"].dtype == bool and z["native"].sum() == 12
+        assert int(z["format"]) == 3 and z["native"].dtype == bool and z["native"].sum() == 12
+        assert z["runs_at"].shape == (6, 2) and (tmp_path / "Sub" / str(z["runs_file"])).is_file()
+    assert all(isinstance(w, tuple) for w in first.runs.where)  # memory-mapped from the runs file
     again = index_pairs(pairs, workers=1)
     assert again.rebuilt == 0 and again.files == []
     assert stale_entries(pairs) == (0, 18)
@@ -139,11 +142,56 @@ def test_index_file_is_built_once_and_rebuilt_per_changed_file(tmp_path):
     assert third.rebuilt == 1
     assert int(third.masks[2].sums.sum()) == 25 * 255 and third.masks[2].median == (2, 2)
     assert len(load_store(path)) == 18
+    assert_runs_are_the_masks(third, pairs)
+    assert len(runs_files(tmp_path / "Sub")) == 1  # the older runs file is gone with the index naming it
     # A photo rewritten as a 16-bit PNG under the same name: its entry is rebuilt, no longer native.
     img = np.asarray(Image.open(pairs[4].real))
     Image.fromarray(img[:, :, 0].astype(np.uint16) * 257).save(pairs[4].real, format="PNG")
     fourth = index_pairs(pairs, workers=1)
     assert fourth.rebuilt == 1 and fourth.native[4] == (True, False)
+
+
+def runs_files(folder):
+    return sorted(folder.glob(f"{runs_file.PREFIX}*.bin"))
+
+
+def assert_runs_are_the_masks(idx, pairs):
+    for k, pair in enumerate(pairs):
+        mask = augment.read_mask(pair.mask)
+        assert np.array_equal(mask_runs.window(idx.runs[k], 0, 0, *mask.shape), mask), pair.mask
+
+
+def test_the_runs_table_pickles_without_the_runs(tmp_path):
+    pairs = write_subset(tmp_path / "Sub")
+    idx = index_pairs(pairs, workers=1)
+    blob = pickle.dumps(idx.runs)
+    assert len(blob) < 1000 and runs_files(tmp_path / "Sub")[0].stat().st_size > 6 * 100
+    assert_runs_are_the_masks(type(idx)(**{**idx.__dict__, "runs": pickle.loads(blob)}), pairs)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "flipped", "replaced"])
+def test_a_bad_runs_file_rebuilds_the_masks_entries_only(tmp_path, damage):
+    pairs = write_subset(tmp_path / "Sub", n=4)
+    index_pairs(pairs, workers=1)
+    (bad,) = runs_files(tmp_path / "Sub")
+    data = bytearray(bad.read_bytes())
+    if damage == "missing":
+        bad.unlink()
+    elif damage == "truncated":
+        bad.write_bytes(data[:-3])
+    elif damage == "flipped":  # the same size, one value changed: only the content hash tells
+        data[-1] ^= 0xFF
+        bad.write_bytes(data)
+    else:  # a file of the right size and header but other content (another dataset's runs)
+        data[runs_file.HEADER :] = bytes(len(data) - runs_file.HEADER)
+        bad.write_bytes(data)
+    with pytest.warns(UserWarning, match="rebuilding the masks' entries"):
+        assert stale_entries(pairs) == (4, 12)
+    with pytest.warns(UserWarning, match="rebuilding the masks' entries"):
+        idx = index_pairs(pairs, workers=1)
+    assert idx.rebuilt == 4  # the photos' entries are kept
+    assert_runs_are_the_masks(idx, pairs)
+    assert stale_entries(pairs) == (0, 12)
 
 
 def test_an_index_of_the_previous_format_is_rebuilt_whole(tmp_path):
@@ -180,26 +228,33 @@ def test_unreadable_index_is_rebuilt_and_unwritable_folder_kept_in_memory(tmp_pa
     def read_only(target):
         raise PermissionError(13, "Permission denied", str(target))
 
-    monkeypatch.setattr(index, "atomic_writer", read_only)  # a read-only dataset (tests may run as root)
+    for module in (index, runs_file):  # a read-only dataset (tests may run as root)
+        monkeypatch.setattr(module, "atomic_writer", read_only)
+    for old in runs_files(tmp_path / "Sub"):
+        old.unlink()
     with pytest.warns(UserWarning, match="cannot write the dataset index"):
         idx = index_pairs(pairs, workers=1)
-    assert idx.rebuilt == 6 and idx.files == [] and not path.exists()
+    assert idx.rebuilt == 6 and idx.files == [] and not path.exists() and runs_files(tmp_path / "Sub") == []
     assert idx.masks[0].shape == pairs_shape(pairs[0])
+    assert all(isinstance(w, mask_runs.MaskRuns) for w in idx.runs.where)  # kept in memory
+    assert_runs_are_the_masks(idx, pairs)
 
 
 def pairs_shape(pair):
     return augment.read_mask(pair.mask).shape
 
 
-def test_non_plain_masks_are_flagged(tmp_path):
-    pairs = write_subset(tmp_path / "Sub", n=2)
+def test_any_mask_file_is_held_as_read_masks_pixels(tmp_path):
+    pairs = write_subset(tmp_path / "Sub", n=3)
     m = augment.read_mask(pairs[0].mask)
-    Image.fromarray(np.repeat(m[:, :, None], 3, axis=2)).save(pairs[0].mask)  # RGB mask
+    Image.fromarray(np.stack([m, m // 2, m // 3], axis=2)).save(pairs[0].mask)  # RGB mask: channel 0
+    soft = (np.random.default_rng(0).random(pairs_shape(pairs[1])) * 255).astype(np.uint8)
+    Image.fromarray(soft.astype(np.uint16) * 257).save(pairs[1].mask)  # 16-bit soft mask
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         idx = index_pairs(pairs, workers=1)
-    assert [s.plain for s in idx.masks] == [False, True]
     assert math.isclose(float(idx.masks[0].sums.sum()), float(m.sum()))
+    assert_runs_are_the_masks(idx, pairs)
 
 
 def test_checker_builds_then_checks_the_index(tmp_path, capsys):
