@@ -109,8 +109,8 @@ def _feed_worker(epochs: int, with_index: bool = True) -> tuple[int, float, floa
                 np.ascontiguousarray(mask[p.top : p.top + p.height, p.left : p.left + p.width])
                 count, decoded = count + 1, decoded + 1
             continue
-        feed = TrainFeed(pairs, index.masks, runs=index.runs, native=index.native, crop_size=crop, seed=plan.seed, epoch=epoch,
-                         batches=batches)  # fmt: skip
+        feed = TrainFeed(pairs, index.masks, runs=index.runs, native=index.native, crop_size=crop,
+                         seed=plan.seed, epoch=epoch, batches=batches)  # fmt: skip
         for k in range(len(batches)):
             count += len(feed(k)[0])
         decoded += feed.decoded
