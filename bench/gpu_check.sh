@@ -13,8 +13,9 @@
 # relation (kernel benchmarks, each row appended to results.csv as it is measured), train
 # (configs a-c), train_e (a and e: torch.compile, on its own so its compile time cannot starve
 # the others), pytest (the CUDA tests with xdist, SIGINT at the limit so pytest still prints its
-# summary, a junit report), report. Each step has a limit and all of them fit
-# GIFTNET_GPU_CHECK_BUDGET_S (default 400 s), so a rerun fits a 15-minute window.
+# summary, a junit report), data (giftnet.bench.data with GPU JPEG decoding: only where DALI is
+# installed, from what the budget has left), report. Each step has a limit and all of them but
+# data fit GIFTNET_GPU_CHECK_BUDGET_S (default 400 s), so a rerun fits a 15-minute window.
 #
 #   --dry-run      print the plan (every command with its limit) and exit; nothing runs
 #   --tiny         tiny benchmark sizes (CI on a CPU runs the harness end to end this way)
@@ -46,7 +47,7 @@ while (($#)); do
   shift
 done
 [[ -n $OUT ]] || { echo "usage: bash bench/gpu_check.sh [--dry-run] [--tiny] [--steps LIST] OUT_DIR (see --help)" >&2; exit 2; }
-STEPS=(smoke modconv relation train train_e pytest report)
+STEPS=(smoke modconv relation train train_e pytest data report)
 for s in ${ONLY//,/ }; do
   [[ " ${STEPS[*]} " == *" $s "* ]] || { echo "gpu_check: unknown step $s; steps are ${STEPS[*]}" >&2; exit 2; }
 done
@@ -165,7 +166,15 @@ TRAIN_RC=$?
 step train_e 45 "$PY" -m giftnet.bench.train --configs ae --rounds 1 ${SIZE[@]+"${SIZE[@]}"} --json "$WORK/train_e.json" --csv "$CSV"
 TRAIN_E_RC=$?
 correctness pytest 85 "$PY" -m pytest -p no:cacheprovider -q -rfEs ${XDIST[@]+"${XDIST[@]}"} -m gpu \
-  --junitxml="$WORK/pytest.xml" tests/test_masked_modconv_cuda.py tests/test_relation_cuda.py
+  --junitxml="$WORK/pytest.xml" tests/test_masked_modconv_cuda.py tests/test_relation_cuda.py tests/test_loaders.py
+# The data pipeline with GPU (mixed) JPEG decoding: only with DALI, and from what the budget has left.
+DATA=(--backends torch dali --json "$WORK/data.json" --markdown "$WORK/data.md")
+((TINY)) && DATA+=(--tiny) || DATA+=(--cores 1 4 --pairs 160)
+if have nvidia.dali || [[ $DRY == 1 ]]; then
+  step data 60 "$PY" -m giftnet.bench.data "${DATA[@]}"
+elif wanted data; then
+  log "SKIP data: nvidia.dali is not importable for $PY (the mixed-decode figure needs nvidia-dali-cuda120)"
+fi
 # giftnet.bench.train rewrites its JSON after every segment: a timed-out run still adds what it measured.
 ADD=()
 [[ $DRY != 1 && $TRAIN_RC != 0 && -s "$WORK/train.json" ]] && ADD+=(--add "train=$WORK/train.json")

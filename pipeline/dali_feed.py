@@ -33,7 +33,7 @@ import numpy as np
 from giftnet.pipeline.augment import CropParams, read_mask
 from giftnet.pipeline.feed_files import read_bytes, read_files
 from giftnet.pipeline.images import encode_png, read_rgb
-from giftnet.pipeline.index import MaskSummary, sample_crop_indexed
+from giftnet.pipeline.index_grid import MaskSummary, sample_crop_indexed
 from giftnet.pipeline.mask_runs import MaskRuns, encode, window
 from giftnet.pipeline.pairs import DatasetError, Pair
 from giftnet.pipeline.runs_file import RunsTable

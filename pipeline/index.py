@@ -21,22 +21,16 @@ index of an older FORMAT is rebuilt whole (format 2 added `native`; format 3 the
 replaced a `plain` flag: the feeder no longer hands DALI any mask file). A runs file that is
 missing, incomplete or not what the index names has its masks' entries rebuilt.
 
-The keep-background rule asks whether a crop window holds more than about one output pixel of
-foreground. Cell sums bound the window's sum exactly: a cell inside the window counts fully, a
-cell it cuts counts between max(0, sum - 255 * outside) and min(sum, 255 * inside). When both
-bounds fall on the same side of the threshold the answer is exact; otherwise (the foreground lies
-only in cut cells near the window's edge) the mask is decoded for that pair. The median pixel is
-the fallback's target. So sample_crop_indexed returns exactly what augment.sample_crop returns.
+The grid and the crops drawn from it: giftnet.pipeline.index_grid. Processes refreshing one index
+take turns through an advisory lock beside it, `SUBSET/giftnet-index.lock` (giftnet.pipeline.index_lock).
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import functools
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,142 +38,16 @@ import numpy as np
 
 from giftnet.fileio import atomic_writer
 from giftnet.pipeline import images, mask_runs
-from giftnet.pipeline.augment import (
-    CropParams,
-    area_from_sum,
-    check_same_size,
-    draw_crop,
-    foreground_area,
-    median_foreground,
-    read_mask,
-)
+from giftnet.pipeline.augment import check_same_size, read_mask
 from giftnet.pipeline.ihd import MASK_DIR
+from giftnet.pipeline.index_grid import GRID, MaskSummary
+from giftnet.pipeline.index_lock import index_lock
 from giftnet.pipeline.mask_runs import MaskRuns
 from giftnet.pipeline.pairs import DatasetError, Pair
 from giftnet.pipeline.runs_file import RunsTable, remove_other_runs, runs_of, verify_runs, write_runs
 
 INDEX_NAME = "giftnet-index.npz"
 FORMAT = 3
-GRID = 16
-
-
-def cell_edges(n: int, grid: int = GRID) -> np.ndarray:
-    """The grid's cell boundaries along a side of n pixels: floor(k n / grid), k = 0..grid."""
-    return (np.arange(grid + 1, dtype=np.int64) * n) // grid
-
-
-def grid_sums(mask: np.ndarray, grid: int = GRID) -> np.ndarray:
-    """(grid, grid) uint32 sums of a uint8 (H, W) mask's values over the cells of cell_edges."""
-    ys, xs = cell_edges(mask.shape[0], grid), cell_edges(mask.shape[1], grid)
-    # Summed-area table with a zero row and column, then four corners per cell.
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
-    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
-    corners = table[np.ix_(ys, xs)]
-    return (corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]).astype(np.uint32)
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskSummary:
-    """What the index knows of one mask for drawing crops: shape, cell sums, median foreground pixel."""
-
-    shape: tuple[int, int]
-    sums: np.ndarray
-    median: tuple[int, int] | None
-
-    @classmethod
-    def of(cls, mask: np.ndarray, grid: int = GRID) -> MaskSummary:
-        return cls((int(mask.shape[0]), int(mask.shape[1])), grid_sums(mask, grid), median_foreground(mask))
-
-    def view(self) -> GridView:
-        """The arrays the bounds need, made for one crop draw (kept off the summary: memory)."""
-        return GridView(self)
-
-    def quick_bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
-        return self.view().quick_bounds(top, left, h, w)
-
-    def bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
-        return self.view().bounds(top, left, h, w)
-
-
-@functools.lru_cache(maxsize=4096)
-def _geometry(height: int, width: int, grid: int) -> tuple:
-    """Cell edges (arrays and lists) and cell areas of an image size; iHarmony4 repeats a few sizes."""
-    ys, xs = cell_edges(height, grid), cell_edges(width, grid)
-    return ys, xs, ys.tolist(), xs.tolist(), np.outer(np.diff(ys), np.diff(xs))
-
-
-class GridView:
-    """A mask summary's bounds on the sum of mask values in a window, loose and fast or exact."""
-
-    def __init__(self, summary: MaskSummary) -> None:
-        self.ys, self.xs, self.ys_list, self.xs_list, self.area = _geometry(*summary.shape, summary.sums.shape[0])
-        self.raw = summary.sums  # uint32; their sums are taken in uint64 (no overflow)
-        self._sums: np.ndarray | None = None
-
-    @property
-    def sums(self) -> np.ndarray:
-        """The cell sums as int64, made when the exact bounds first need them."""
-        if self._sums is None:
-            self._sums = self.raw.astype(np.int64)
-        return self._sums
-
-    def quick_bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
-        """Loose bounds from two slices of the cells: those inside the window, those it touches."""
-        ys, xs, sums = self.ys_list, self.xs_list, self.raw
-        i0, i1 = bisect.bisect_left(ys, top), bisect.bisect_right(ys, top + h) - 1
-        j0, j1 = bisect.bisect_left(xs, left), bisect.bisect_right(xs, left + w) - 1
-        low = int(sums[i0:i1, j0:j1].sum()) if i1 > i0 and j1 > j0 else 0
-        r0, r1 = bisect.bisect_right(ys, top) - 1, bisect.bisect_left(ys, top + h)
-        c0, c1 = bisect.bisect_right(xs, left) - 1, bisect.bisect_left(xs, left + w)
-        return low, int(sums[r0:r1, c0:c1].sum())
-
-    def bounds(self, top: int, left: int, h: int, w: int) -> tuple[int, int]:
-        """(lowest, highest) possible sum of mask values in the window, exact to the cell sums."""
-        ys, xs = self.ys, self.xs
-        oy = np.maximum(np.minimum(ys[1:], top + h) - np.maximum(ys[:-1], top), 0)
-        ox = np.maximum(np.minimum(xs[1:], left + w) - np.maximum(xs[:-1], left), 0)
-        inside = np.outer(oy, ox)
-        high = np.minimum(self.sums, 255 * inside).sum()
-        low = np.maximum(self.sums - 255 * (self.area - inside), 0).sum()
-        return int(low), int(high)
-
-
-class _Judge:
-    """The keep-background test for one pair: from the grid bounds, decoding the mask only when torn."""
-
-    def __init__(self, summary: MaskSummary, crop_size: int, load_mask: Callable[[], np.ndarray]) -> None:
-        self.summary, self.crop_size, self.load_mask = summary, crop_size, load_mask
-        self.mask: np.ndarray | None = None
-        self.view: GridView | None = None
-
-    def __call__(self, top: int, left: int, h: int, w: int) -> bool:
-        if self.mask is None:
-            view = self.view = self.view or self.summary.view()
-            for bounds in (view.quick_bounds, view.bounds):
-                low, high = bounds(top, left, h, w)
-                if area_from_sum(low, h, w, self.crop_size) > 1.0:
-                    return True
-                if area_from_sum(high, h, w, self.crop_size) <= 1.0:
-                    return False
-            self.mask = self.load_mask()
-            if self.mask.shape != self.summary.shape:
-                raise DatasetError(f"mask is {self.mask.shape} but the dataset index says {self.summary.shape}")
-        return foreground_area(self.mask, top, left, h, w, self.crop_size) > 1.0
-
-
-def sample_crop_indexed(
-    summary: MaskSummary,
-    load_mask: Callable[[], np.ndarray],
-    *,
-    crop_size: int,
-    seed: int,
-    epoch: int,
-    index: int,
-) -> tuple[CropParams, bool]:
-    """augment.sample_crop's result from the index; also whether the mask had to be decoded."""
-    judge = _Judge(summary, crop_size, load_mask)
-    crop = draw_crop(summary.shape, judge, lambda: summary.median, seed=seed, epoch=epoch, index=index)
-    return crop, judge.mask is not None
 
 
 @dataclasses.dataclass
@@ -228,9 +96,9 @@ def _make_entry(path: Path, is_mask: bool, stat: tuple[int, int]) -> _Entry:
     return _Entry(stat, summary.shape, summary, runs=mask_runs.encode(mask))
 
 
-def load_store(path: Path) -> dict[str, _Entry]:
+def load_store(path: Path, *, warn: bool = True) -> dict[str, _Entry]:
     """The entries of an index file; empty when it is missing, of another format, or unreadable.
-    Without a sound runs file the masks' entries are left out (so they are rebuilt)."""
+    Without a sound runs file the masks' entries are left out (so they are rebuilt). `warn`: say so."""
     if not path.is_file():
         return {}
     try:
@@ -241,10 +109,11 @@ def load_store(path: Path) -> dict[str, _Entry]:
             sums, median, native = z["sums"], z["median"], z["native"]
             runs_file, runs_at = str(z["runs_file"]), z["runs_at"]
     except (OSError, ValueError, KeyError) as e:
-        warnings.warn(f"{path}: unreadable dataset index, rebuilding it ({e})", stacklevel=2)
+        if warn:
+            warnings.warn(f"{path}: unreadable dataset index, rebuilding it ({e})", stacklevel=3)
         return {}
     runs_path = str(path.parent / runs_file)
-    masks_ok = _runs_sound(runs_path) if len(runs_at) else True
+    masks_ok = _runs_sound(runs_path, warn) if len(runs_at) else True
     store = {}
     for k, name in enumerate(paths.tolist()):
         shape = (int(hw[k, 0]), int(hw[k, 1]))
@@ -260,12 +129,13 @@ def load_store(path: Path) -> dict[str, _Entry]:
     return store
 
 
-def _runs_sound(runs_path: str) -> bool:
+def _runs_sound(runs_path: str, warn: bool) -> bool:
     """Whether the runs file the index names is there, complete and holds what it was written with."""
     try:
         verify_runs(runs_path)  # its name is its content's hash: the very file written with this index
     except DatasetError as e:
-        warnings.warn(f"{e}; rebuilding the masks' entries", stacklevel=3)
+        if warn:
+            warnings.warn(f"{e}; rebuilding the masks' entries", stacklevel=4)
         return False
     return True
 
@@ -321,35 +191,62 @@ def index_pairs(pairs: Sequence[Pair], *, workers: int | None = None, write: boo
 
     Missing files and composite / mask / real size mismatches raise DatasetError naming the file.
     An index that cannot be written (a read-only dataset) is kept in memory with a warning.
+    Processes refreshing one index take turns (giftnet.pipeline.index_lock): the first builds the
+    entries, the others then find them built.
     """
     groups: dict[Path | None, list[Path]] = {}
     for pair in pairs:
         groups.setdefault(index_file_for(pair), []).extend((pair.composite, pair.mask, pair.real))
-    stores: dict[Path | None, dict[str, _Entry]] = {}
-    todo: list[tuple[Path | None, str, Path, bool, tuple[int, int]]] = []
     masks = {pair.mask for pair in pairs}
-    for where, files in groups.items():
-        store = stores[where] = load_store(where) if where is not None else {}
-        folder = where.parent if where is not None else None
-        for path in dict.fromkeys(files):
-            key, stat = _key(path, folder), _stat(path)
-            entry = store.get(key)
-            if entry is None or entry.stat != stat or (path in masks) != (entry.mask is not None):
-                todo.append((where, key, path, path in masks, stat))
     workers = workers or min(8, os.cpu_count() or 1)
+    stores: dict[Path | None, dict[str, _Entry]] = {}
+    rebuilt, written = 0, []
+    for where, files in groups.items():
+        if where is None:  # off the IHD layout: in memory only
+            stores[None] = {}
+            rebuilt += _build(stores[None], _todo({}, None, files, masks), workers)
+            continue
+        with index_lock(where, exclusive=False):  # readers share it; a refresh below is exclusive
+            store = load_store(where, warn=False)
+            todo = _todo(store, where.parent, files, masks)
+        if todo:
+            with index_lock(where, exclusive=write):
+                store = load_store(where)  # again: another process may have built the entries meanwhile
+                todo = _todo(store, where.parent, files, masks)
+                rebuilt += _build(store, todo, workers)
+                if todo and write and _save(where, store):
+                    written.append(where)
+        stores[where] = store
+    return _align(pairs, stores, rebuilt=rebuilt, written=written)
+
+
+def _todo(store: dict[str, _Entry], folder: Path | None, files: list[Path], masks: set[Path]) -> list:
+    """(key, path, is_mask, stat) of each of `files` whose entry in `store` is missing or out of date."""
+    todo = []
+    for path in dict.fromkeys(files):
+        key, stat = _key(path, folder), _stat(path)
+        entry = store.get(key)
+        if entry is None or entry.stat != stat or (path in masks) != (entry.mask is not None):
+            todo.append((key, path, path in masks, stat))
+    return todo
+
+
+def _build(store: dict[str, _Entry], todo: list, workers: int) -> int:
+    """Make the entries of `todo` into `store`; how many."""
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
-        made = list(pool.map(lambda t: _make_entry(t[2], t[3], t[4]), todo))
-    for (where, key, *_), entry in zip(todo, made, strict=True):
-        stores[where][key] = entry
-    changed = {t[0] for t in todo if t[0] is not None}
-    written: list[Path] = []
-    for where in sorted(changed) if write else ():
-        try:
-            save_store(where, stores[where])
-            written.append(where)
-        except OSError as e:
-            warnings.warn(f"{where}: cannot write the dataset index ({e}); using it from memory", stacklevel=2)
-    return _align(pairs, stores, rebuilt=len(todo), written=written)
+        made = list(pool.map(lambda t: _make_entry(t[1], t[2], t[3]), todo))
+    for (key, *_), entry in zip(todo, made, strict=True):
+        store[key] = entry
+    return len(todo)
+
+
+def _save(where: Path, store: dict[str, _Entry]) -> bool:
+    try:
+        save_store(where, store)
+    except OSError as e:
+        warnings.warn(f"{where}: cannot write the dataset index ({e}); using it from memory", stacklevel=3)
+        return False
+    return True
 
 
 def _align(pairs: Sequence[Pair], stores: dict, *, rebuilt: int, written: list[Path]) -> PairIndex:
@@ -375,7 +272,11 @@ def stale_entries(pairs: Sequence[Pair]) -> tuple[int, int]:
     for pair in pairs:
         where = index_file_for(pair)
         if where not in stores:
-            stores[where] = load_store(where) if where is not None else {}
+            if where is None:
+                stores[where] = {}
+            else:
+                with index_lock(where, exclusive=False):
+                    stores[where] = load_store(where)
         folder = where.parent if where is not None else None
         for path in (pair.composite, pair.mask, pair.real):
             entry = stores[where].get(_key(path, folder))

@@ -100,3 +100,23 @@ def tiny_recipe(path: Path) -> Path:
     recipe["eval"] = {"size": 32, "batch_size": 4}
     path.write_text(json.dumps(recipe))
     return path
+
+
+def write_subset(root, n=6, seed=0):
+    """One IHD-layout subset folder of n noise photos of 40-89 px with a rectangle mask each."""
+    rng = np.random.default_rng(seed)
+    for sub in ("composite_images", "masks", "real_images"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for k in range(n):
+        h, w = (int(v) for v in rng.integers(40, 90, size=2))
+        img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 3 : h // 2, w // 4 : w // 2] = 255
+        pair = Pair(root / "composite_images" / f"a{k}_1_1.jpg", root / "masks" / f"a{k}_1.png",
+                    root / "real_images" / f"a{k}.jpg", "Sub", f"a{k}_1_1")  # fmt: skip
+        Image.fromarray(img).save(pair.composite)
+        Image.fromarray(img).save(pair.real)
+        Image.fromarray(mask).save(pair.mask)
+        pairs.append(pair)
+    return pairs

@@ -11,18 +11,10 @@ from PIL import Image
 
 from giftnet.pipeline import augment, index, mask_runs, runs_file
 from giftnet.pipeline.augment import random_resized_crop, sample_crop
-from giftnet.pipeline.index import (
-    GRID,
-    INDEX_NAME,
-    MaskSummary,
-    grid_sums,
-    index_pairs,
-    load_store,
-    sample_crop_indexed,
-    stale_entries,
-)
-from giftnet.pipeline.pairs import DatasetError, Pair
-from tests.data_helpers import reference_sample_crop
+from giftnet.pipeline.index import INDEX_NAME, index_pairs, load_store, stale_entries
+from giftnet.pipeline.index_grid import GRID, MaskSummary, grid_sums, sample_crop_indexed
+from giftnet.pipeline.pairs import DatasetError
+from tests.data_helpers import reference_sample_crop, write_subset
 
 
 def masks(rng):
@@ -95,25 +87,6 @@ def test_indexed_fallback_uses_the_stored_median():
         want = reference_sample_crop(m, crop_size=64, seed=0, epoch=0, index=i)
         got, _ = sample_crop_indexed(s, lambda: m, crop_size=64, seed=0, epoch=0, index=i)
         assert got == want
-
-
-def write_subset(root, n=6, seed=0):
-    rng = np.random.default_rng(seed)
-    for sub in ("composite_images", "masks", "real_images"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    pairs = []
-    for k in range(n):
-        h, w = (int(v) for v in rng.integers(40, 90, size=2))
-        img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
-        mask = np.zeros((h, w), np.uint8)
-        mask[h // 3 : h // 2, w // 4 : w // 2] = 255
-        pair = Pair(root / "composite_images" / f"a{k}_1_1.jpg", root / "masks" / f"a{k}_1.png",
-                    root / "real_images" / f"a{k}.jpg", "Sub", f"a{k}_1_1")  # fmt: skip
-        Image.fromarray(img).save(pair.composite)
-        Image.fromarray(img).save(pair.real)
-        Image.fromarray(mask).save(pair.mask)
-        pairs.append(pair)
-    return pairs
 
 
 def test_index_file_is_built_once_and_rebuilt_per_changed_file(tmp_path):

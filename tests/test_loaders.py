@@ -208,3 +208,20 @@ def test_cuda_batches_match_cpu_and_resume(pairs, backend):
             diff = (to_255(a[key].cpu()) - to_255(b[key])).abs()
             assert float(diff.mean()) < 1.0, key  # nvJPEG vs libjpeg-turbo: a level or two here and there
         torch.testing.assert_close(a["mask"].cpu(), b["mask"], atol=1e-3, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_dali
+def test_cuda_dali_feeder_process_gives_the_inline_batches(pairs):
+    """The GPU graph's feeder in a spawned worker process (the default with CUDA) and in this process:
+    the same batches, bit for bit, and a resumed tail equal to the full epoch's."""
+    cuda = torch.device("cuda")
+    inline = list(loader(pairs, "dali", batch_size=2, device=cuda, feed_processes=0, num_workers=2).epoch(1))
+    spawned = loader(pairs, "dali", batch_size=2, device=cuda, feed_processes=1, num_workers=2)
+    assert len(inline) == len(spawned) > 2
+    for a, b in zip(inline, [*spawned.epoch(1)], strict=True):
+        for key in ("composite", "real", "mask", "index"):
+            assert torch.equal(a[key], b[key]), key
+    for a, b in zip(inline[2:], spawned.epoch(1, start_batch=2), strict=True):
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["index"], b["index"])
