@@ -60,3 +60,18 @@ def _tensors_and_metadata(path):
 
     with safe_open(str(path), "pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118
+
+
+def test_every_shipped_recipe_config_is_a_valid_recipe():
+    """configs/*.json: the three sections, a train section the trainer's strict loader accepts."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import realphoto
+
+    from giftnet.training.config import TrainConfig
+
+    paths = sorted((ROOT / "configs").glob("*.json"))
+    assert len(paths) >= 2
+    for path in paths:
+        recipe = realphoto.read_recipe(path)
+        cfg = TrainConfig.from_dict(recipe["train"] | {"data": "x"}, where=str(path))
+        assert cfg.epochs >= 1 and set(recipe["data"]) == {"n_train", "n_val", "size", "seed"}, path
