@@ -169,7 +169,7 @@ correctness pytest 85 "$PY" -m pytest -p no:cacheprovider -q -rfEs ${XDIST[@]+"$
   --junitxml="$WORK/pytest.xml" tests/test_masked_modconv_cuda.py tests/test_relation_cuda.py tests/test_loaders.py
 # The data pipeline with GPU (mixed) JPEG decoding: only with DALI, and from what the budget has left.
 DATA=(--backends torch dali --json "$WORK/data.json" --markdown "$WORK/data.md")
-((TINY)) && DATA+=(--tiny) || DATA+=(--cores 1 4 --pairs 160)
+if ((TINY)); then DATA+=(--tiny); else DATA+=(--cores 1 4 --pairs 160); fi
 if have nvidia.dali || [[ $DRY == 1 ]]; then
   step data 60 "$PY" -m giftnet.bench.data "${DATA[@]}"
 elif wanted data; then

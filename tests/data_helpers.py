@@ -15,6 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIFT = 100  # the composite is the real image plus SHIFT inside the foreground, equal outside
 
 
+def make_subset_folders(root):
+    """The three folders of an iHarmony4 subset under `root`."""
+    for sub in ("composite_images", "masks", "real_images"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+
+
 def write_triplets(root, n=12, seed=0):
     """iHarmony4-like triplets: smooth real JPEG, 0/255 PNG mask, composite changed only inside it.
 
@@ -22,8 +28,7 @@ def write_triplets(root, n=12, seed=0):
     the mask the two JPEGs decode to identical pixels.
     """
     rng = np.random.default_rng(seed)
-    for sub in ("composite_images", "masks", "real_images"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    make_subset_folders(root)
     pairs = []
     for k in range(n):
         h, w = (int(v) for v in rng.integers(96, 161, size=2))
@@ -105,8 +110,7 @@ def tiny_recipe(path: Path) -> Path:
 def write_subset(root, n=6, seed=0):
     """One IHD-layout subset folder of n noise photos of 40-89 px with a rectangle mask each."""
     rng = np.random.default_rng(seed)
-    for sub in ("composite_images", "masks", "real_images"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    make_subset_folders(root)
     pairs = []
     for k in range(n):
         h, w = (int(v) for v in rng.integers(40, 90, size=2))

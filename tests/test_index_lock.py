@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import multiprocessing
+import threading
 import time
 
 import pytest
@@ -19,10 +20,10 @@ def _refresh(pairs, out):
     out.put(index_pairs(pairs, workers=1).rebuilt)
 
 
-def _hold(index, locked, release):
+def _hold(index, locked, release, exclusive=True):
     # Its own process: a lock held by the test's process would be inherited by the forked
     # refreshers (flock belongs to the open file, which a fork shares) and never released.
-    with index_lock.index_lock(index, exclusive=True) as held:
+    with index_lock.index_lock(index, exclusive=exclusive) as held:
         locked.put(held)
         release.wait(60)
 
@@ -55,9 +56,21 @@ def test_readers_share_the_lock(tmp_path):
     pairs = write_subset(tmp_path / "Sub", n=2)
     index = tmp_path / "Sub" / INDEX_NAME
     index_pairs(pairs, workers=1)
-    with index_lock.index_lock(index, exclusive=False) as held:
-        assert held
-        assert index_pairs(pairs, workers=1).rebuilt == 0  # a fresh index is read under a shared lock
+    ctx = multiprocessing.get_context("fork")
+    locked, release, rebuilt = ctx.Queue(), ctx.Event(), []
+    holder = ctx.Process(target=_hold, args=(index, locked, release, False))
+    holder.start()
+    try:
+        assert locked.get(timeout=30)
+        # In a thread, so that a reader wrongly taking the lock alone fails the test instead of hanging it.
+        reader = threading.Thread(target=lambda: rebuilt.append(index_pairs(pairs, workers=1).rebuilt), daemon=True)
+        reader.start()
+        reader.join(timeout=30)
+        assert not reader.is_alive(), "reading a fresh index waited for another reader's shared lock"
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    assert rebuilt == [0]  # a fresh index is read under a shared lock
 
 
 def test_without_flock_the_index_still_builds(tmp_path, monkeypatch):
